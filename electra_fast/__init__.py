@@ -1,0 +1,22 @@
+"""electra-fast: fused kernels for ELECTRA pretraining (SPEC: the generator head, its sampler, REPLACE and the
+replaced-token-detection loss), as one PyTorch API and as torch.ops.electra_fast.*."""
+import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
+
+from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
+from .masking import MaskedInputs, mask_tokens
+from .ops import get_backend, set_backend, set_value_checks, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MaskedInputs",
+    "generator_loss_and_sample",
+    "get_backend",
+    "mask_tokens",
+    "replace_",
+    "rtd_loss",
+    "sample_logits",
+    "set_backend",
+    "set_value_checks",
+    "use_backend",
+]

@@ -1,0 +1,157 @@
+"""The `cpp` backend: CPU tensors, C++ epilogues (electra_fast._C) over vocabulary tiles whose matrix products
+run through torch's BLAS.
+
+The generator head walks the vocabulary in tiles of TILE ids for all rows at once: one GEMM writes the tile's
+logits into a reused buffer, and the C++ epilogue folds it into per-row state (running max and sum of
+exponentials, target logit, argmax, the sampler's chunk log-masses) while it is still in cache. The backward
+recomputes each tile, turns it into softmax - one-hot in place, and feeds it to the two gradient GEMMs. No
+[N, V] tensor is ever held.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C
+from .reference import CHUNK, compute_dtype, reduce_rows, row_scale
+
+TILE = 512  # vocabulary ids per tile: a multiple of CHUNK; N x TILE float32 stays cache-sized at ELECTRA's N
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _address(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+class _RowState:
+    """Per-row state the forward epilogue merges tile by tile."""
+
+    def __init__(self, n: int, vocab: int):
+        self.n_chunks = -(-vocab // CHUNK)
+        self.run_max = torch.full((n,), float("-inf"))
+        self.run_sum = torch.zeros(n)
+        self.target_logit = torch.zeros(n)
+        self.best = torch.full((n,), float("-inf"))
+        self.best_id = torch.zeros(n, dtype=torch.int64)
+        self.nan = torch.zeros(n, dtype=torch.uint8)
+        self.chunk_lse = torch.empty(n, self.n_chunks)
+
+    def fold(self, logits, v0, targets, ignore_index, temperature, disallow_correct):
+        rows, width = logits.shape
+        _C.head_forward_tile(logits.data_ptr(), rows, width, v0, targets.data_ptr(), ignore_index, temperature,
+                             disallow_correct, self.run_max.data_ptr(), self.run_sum.data_ptr(),
+                             self.target_logit.data_ptr(), self.best.data_ptr(), self.best_id.data_ptr(),
+                             self.nan.data_ptr(), self.chunk_lse.data_ptr(), self.n_chunks, _threads())
+
+    def finish(self, targets, seed, temperature, disallow_correct, ignore_index, reduction, loss_dtype,
+               logits=None, hidden=None, weight=None, bias=None):
+        """Loss, samples, argmax and the per-row log-sum-exp. The sampler's stage 2 reads `logits` [N, V] when
+        given, else recomputes the chosen chunk from hidden, weight, bias (float32, contiguous)."""
+        n = targets.shape[0]
+        lse = self.run_max + torch.log(self.run_sum)
+        lse = torch.where(self.nan.bool(), torch.full((), float("nan")), lse)
+        valid = targets != ignore_index
+        per_row = torch.where(valid, lse - self.target_logit, torch.zeros(()))
+        loss = reduce_rows(per_row.to(loss_dtype), valid, reduction)
+        sampled = torch.empty(n, dtype=torch.int64)
+        vocab = logits.shape[1] if logits is not None else weight.shape[0]
+        _C.sample_rows(self.chunk_lse.data_ptr(), n, self.n_chunks, vocab, int(seed), temperature,
+                       targets.data_ptr(), ignore_index, disallow_correct, _address(logits), _address(hidden),
+                       _address(weight), _address(bias), 0 if hidden is None else hidden.shape[1],
+                       sampled.data_ptr(), _threads())
+        return loss, sampled, self.best_id, lse
+
+
+def _tiles(vocab: int):
+    for v0 in range(0, vocab, TILE):
+        yield v0, min(TILE, vocab - v0)
+
+
+def _tile_logits(buffer, h, w, b, v0, width):
+    """h @ w[v0:v0+width].T (+ b) into the reused buffer, as a contiguous [N, width] view."""
+    out = buffer[: h.shape[0] * width].view(h.shape[0], width)
+    if b is None:
+        return torch.mm(h, w[v0:v0 + width].T, out=out)
+    return torch.addmm(b[v0:v0 + width], h, w[v0:v0 + width].T, out=out)
+
+
+def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction):
+    h, w, b = _f32(hidden), _f32(weight), _f32(bias)
+    targets = targets.contiguous()
+    n, vocab = h.shape[0], w.shape[0]
+    state = _RowState(n, vocab)
+    buffer = torch.empty(n * min(TILE, vocab))
+    for v0, width in _tiles(vocab):
+        state.fold(_tile_logits(buffer, h, w, b, v0, width), v0, targets, ignore_index, temperature,
+                   disallow_correct)
+    return state.finish(targets, seed, temperature, disallow_correct, ignore_index, reduction,
+                        compute_dtype(hidden, weight, bias), hidden=h, weight=w, bias=b)
+
+
+def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction):
+    h, w, b = _f32(hidden), _f32(weight), _f32(bias)
+    targets = targets.contiguous()
+    scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
+    n, vocab = h.shape[0], w.shape[0]
+    grad_h = torch.zeros_like(h)
+    grad_w = torch.empty_like(w)
+    grad_b = None if b is None else torch.empty_like(b)
+    buffer = torch.empty(n * min(TILE, vocab))
+    lse = lse.contiguous()
+    for v0, width in _tiles(vocab):
+        g = _tile_logits(buffer, h, w, b, v0, width)
+        _C.head_backward_tile(g.data_ptr(), n, width, v0, targets.data_ptr(), ignore_index, lse.data_ptr(),
+                              scale.data_ptr(), _threads())
+        grad_h.addmm_(g, w[v0:v0 + width])
+        torch.mm(g.T, h, out=grad_w[v0:v0 + width])
+        if grad_b is not None:
+            torch.sum(g, dim=0, out=grad_b[v0:v0 + width])
+    return grad_h, grad_w, grad_b
+
+
+def logits_forward(logits, targets, seed, temperature, disallow_correct, ignore_index, reduction):
+    z = _f32(logits)
+    n, vocab = z.shape
+    has_targets = targets is not None
+    targets = targets.contiguous() if has_targets else torch.full((n,), ignore_index, dtype=torch.int64)
+    state = _RowState(n, vocab)
+    state.fold(z, 0, targets, ignore_index, temperature, disallow_correct and has_targets)
+    return state.finish(targets, seed, temperature, disallow_correct and has_targets, ignore_index, reduction,
+                        compute_dtype(logits), logits=z)
+
+
+def logits_backward(grad_loss, logits, targets, lse, ignore_index, reduction):
+    g = logits.to(torch.float32, copy=True).contiguous()
+    targets = targets.contiguous()
+    scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
+    _C.head_backward_tile(g.data_ptr(), g.shape[0], g.shape[1], 0, targets.data_ptr(), ignore_index,
+                          lse.contiguous().data_ptr(), scale.data_ptr(), _threads())
+    return g
+
+
+def replace(input_ids, positions, sampled):
+    is_replaced = torch.zeros(input_ids.shape, dtype=torch.bool)
+    positions, sampled = positions.contiguous(), sampled.contiguous()
+    _C.replace_ids(input_ids.data_ptr(), input_ids.shape[1], input_ids.stride(0), input_ids.stride(1),
+                   positions.data_ptr(), sampled.data_ptr(), positions.shape[0], is_replaced.data_ptr())
+    return is_replaced
+
+
+def rtd_forward(logits, is_replaced, attention_mask, reduction):
+    x = logits.to(torch.float32).contiguous()
+    labels = is_replaced.to(torch.float32).contiguous()
+    weights = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.float32).contiguous()
+    per_token, grad = torch.empty_like(x), torch.empty_like(x)
+    _C.rtd_loss_forward(x.data_ptr(), labels.data_ptr(), weights.data_ptr(), x.numel(), per_token.data_ptr(),
+                        grad.data_ptr(), _threads())
+    dtype = compute_dtype(logits)
+    loss = reduce_rows(per_token.to(dtype), weights != 0, reduction)
+    if reduction == "mean":
+        grad = grad / weights.sum().clamp_min(1)
+    return loss, grad
