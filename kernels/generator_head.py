@@ -1,0 +1,79 @@
+"""The fused generator head, forward: 2-D tiles of (masked rows x vocabulary) computed by `tl.dot` over H and
+folded in registers into per-row log-sum-exp, target logit, argmax and the sampler's 128-id chunk log-masses;
+the [N, V] logits never reach memory. The sample is then drawn by `sampler.sample`, which recomputes the
+chosen chunk's 128 logits."""
+import torch
+import triton
+import triton.language as tl
+
+from .helpers import dot, finish_rows, fold_logits_tile
+
+
+@triton.jit
+def _head_forward_kernel(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, targets_ptr,
+                         lse_ptr, target_logit_ptr, predicted_ptr, chunk_lse_ptr, N, V, H, n_chunks, ignore_index,
+                         temperature, HAS_BIAS: tl.constexpr, DISALLOW: tl.constexpr, FP32: tl.constexpr,
+                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                         BLOCK_H: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    targets = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
+    valid = targets != ignore_index
+
+    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_N], tl.float32)
+    target_logit = tl.zeros([BLOCK_N], tl.float32)
+    best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    best_id = tl.zeros([BLOCK_N], tl.int32)
+    nan_seen = tl.zeros([BLOCK_N], tl.int1)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_ok = cols < V
+        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        for k0 in range(0, H, BLOCK_H):
+            ks = k0 + tl.arange(0, BLOCK_H)
+            h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
+                        mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
+            w = tl.load(weight_ptr + cols.to(tl.int64)[None, :] * stride_wv + ks[:, None] * stride_wk,
+                        mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
+            if FP32:
+                h = h.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = dot(h, w, acc, FP32, PRECISION)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        x = tl.where(col_ok[None, :], acc, float("-inf"))
+        m, s, target_logit, best, best_id, nan_seen, chunk_lse = fold_logits_tile(
+            x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,
+            DISALLOW, BLOCK_N, BLOCK_V)
+        chunks = v0 // 128 + tl.arange(0, BLOCK_V // 128)
+        tl.store(chunk_lse_ptr + rows[:, None] * n_chunks + chunks[None, :], chunk_lse,
+                 mask=row_ok[:, None] & (chunks[None, :] < n_chunks))
+    finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, lse_ptr, target_logit_ptr, predicted_ptr)
+
+
+def head_forward(hidden, weight, bias, targets, *, ignore_index, temperature, disallow_correct, precision,
+                 interpret=False):
+    """hidden [N, H], weight [V, H], bias [V] | None (float16/bfloat16/float32, any strides), targets [N] int64.
+    Returns (lse [N], target_logit [N], predicted [N] int64, chunk_lse [N, ceil(V / 128)]), float32."""
+    n, h = hidden.shape
+    v = weight.shape[0]
+    n_chunks = triton.cdiv(v, 128)
+    dev = hidden.device
+    lse = torch.empty(n, dtype=torch.float32, device=dev)
+    target_logit = torch.empty(n, dtype=torch.float32, device=dev)
+    predicted = torch.empty(n, dtype=torch.int64, device=dev)
+    chunk_lse = torch.empty(n, n_chunks, dtype=torch.float32, device=dev)
+    if n == 0:
+        return lse, target_logit, predicted, chunk_lse
+    fp32 = hidden.dtype != weight.dtype or hidden.dtype == torch.float32
+    if interpret:  # few, big programs: the interpreter's cost is per program and per op
+        block_n, block_v, block_h, warps = 16, 256, triton.next_power_of_2(max(h, 16)), 4
+    else:
+        block_n, block_v, block_h, warps = 64, 128, 64, 8
+    _head_forward_kernel[(triton.cdiv(n, block_n),)](
+        hidden, *hidden.stride(), weight, *weight.stride(), bias if bias is not None else weight, targets,
+        lse, target_logit, predicted, chunk_lse, n, v, h, n_chunks, ignore_index, temperature,
+        HAS_BIAS=bias is not None, DISALLOW=disallow_correct, FP32=fp32, PRECISION=precision,
+        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps)
+    return lse, target_logit, predicted, chunk_lse

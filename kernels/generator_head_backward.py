@@ -1,0 +1,120 @@
+"""The fused generator head, backward: each (rows x vocabulary) tile of logits is recomputed and turned into
+d loss / d logits = (softmax - onehot) * row_scale in registers, then multiplied into d hidden (one program per
+row block, walking the vocabulary) or d weight and d bias (one program per vocabulary block, walking the rows).
+Each output element is summed by one program in a fixed order, so the result is deterministic without atomics;
+the price is one recomputation of the logits per output, and per H block of the output."""
+import torch
+import triton
+import triton.language as tl
+
+from .helpers import dot
+
+
+@triton.jit
+def _grad_logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, targets_ptr,
+                      lse_ptr, scale_ptr, rows, cols, N, V, H, HAS_BIAS: tl.constexpr, FP32: tl.constexpr,
+                      PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                      BLOCK_H: tl.constexpr):
+    """(softmax - onehot(target)) * row_scale for rows x cols, float32 [BLOCK_N, BLOCK_V]; 0 outside the
+    tensors and on ignored rows (row_scale 0)."""
+    row_ok = rows < N
+    col_ok = cols < V
+    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + tl.arange(0, BLOCK_H)
+        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
+                    mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
+        w = tl.load(weight_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
+                    mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
+        if FP32:
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = dot(h, w, acc, FP32, PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+    scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
+    targets = tl.load(targets_ptr + rows, mask=row_ok, other=-1)
+    onehot = (cols[None, :] == targets[:, None]).to(tl.float32)
+    g = (tl.exp(acc - lse[:, None]) - onehot) * scale[:, None]
+    return tl.where((scale[:, None] != 0) & col_ok[None, :], g, 0.0)
+
+
+@triton.jit
+def _grad_hidden_kernel(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, targets_ptr,
+                        lse_ptr, scale_ptr, grad_hidden_ptr, N, V, H, HAS_BIAS: tl.constexpr, FP32: tl.constexpr,
+                        PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                        BLOCK_H: tl.constexpr, BLOCK_HO: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ho = tl.program_id(1) * BLOCK_HO + tl.arange(0, BLOCK_HO)
+    acc = tl.zeros([BLOCK_N, BLOCK_HO], tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        g = _grad_logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr,
+                              targets_ptr, lse_ptr, scale_ptr, rows, cols, N, V, H, HAS_BIAS, FP32, PRECISION,
+                              BLOCK_N, BLOCK_V, BLOCK_H)
+        w = tl.load(weight_ptr + cols[:, None] * stride_wv + ho[None, :] * stride_wk,
+                    mask=(cols[:, None] < V) & (ho[None, :] < H), other=0.0)
+        if FP32:
+            w = w.to(tl.float32)
+        else:
+            g = g.to(w.dtype)
+        acc = dot(g, w, acc, FP32, PRECISION)
+    tl.store(grad_hidden_ptr + rows[:, None] * H + ho[None, :], acc, mask=(rows[:, None] < N) & (ho[None, :] < H))
+
+
+@triton.jit
+def _grad_weight_kernel(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, targets_ptr,
+                        lse_ptr, scale_ptr, grad_weight_ptr, grad_bias_ptr, N, V, H, HAS_BIAS: tl.constexpr,
+                        FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HO: tl.constexpr):
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
+    ho = tl.program_id(1) * BLOCK_HO + tl.arange(0, BLOCK_HO)
+    acc = tl.zeros([BLOCK_V, BLOCK_HO], tl.float32)
+    acc_bias = tl.zeros([BLOCK_V], tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        g = _grad_logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr,
+                              targets_ptr, lse_ptr, scale_ptr, rows, cols, N, V, H, HAS_BIAS, FP32, PRECISION,
+                              BLOCK_N, BLOCK_V, BLOCK_H)
+        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ho[None, :] * stride_hk,
+                    mask=(rows[:, None] < N) & (ho[None, :] < H), other=0.0)
+        acc_bias += tl.sum(g, axis=0)
+        if FP32:
+            h = h.to(tl.float32)
+        else:
+            g = g.to(h.dtype)
+        acc = dot(tl.trans(g), h, acc, FP32, PRECISION)
+    ok = cols < V
+    tl.store(grad_weight_ptr + cols[:, None] * H + ho[None, :], acc, mask=ok[:, None] & (ho[None, :] < H))
+    if HAS_BIAS:
+        if tl.program_id(1) == 0:
+            tl.store(grad_bias_ptr + cols, acc_bias, mask=ok)
+
+
+def head_backward(hidden, weight, bias, targets, lse, row_scale, *, precision, interpret=False):
+    """Gradients of the head's loss given lse [N] and row_scale [N] (float32, 0 on ignored rows). Returns
+    (grad_hidden [N, H], grad_weight [V, H], grad_bias [V] | None), float32."""
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    grad_hidden = torch.zeros(n, h, dtype=torch.float32, device=dev)
+    grad_weight = torch.zeros(v, h, dtype=torch.float32, device=dev)
+    grad_bias = None if bias is None else torch.zeros(v, dtype=torch.float32, device=dev)
+    if n == 0:
+        return grad_hidden, grad_weight, grad_bias
+    fp32 = hidden.dtype != weight.dtype or hidden.dtype == torch.float32
+    full_h = triton.next_power_of_2(max(h, 16))
+    if interpret:
+        block_n, block_v, block_h, block_ho, warps = 16, 256, full_h, full_h, 4
+    else:
+        block_n, block_v, block_h, block_ho, warps = 64, 128, 64, min(full_h, 128), 8
+    args = (hidden, *hidden.stride(), weight, *weight.stride(), bias if bias is not None else weight, targets, lse,
+            row_scale)
+    meta = dict(HAS_BIAS=bias is not None, FP32=fp32, PRECISION=precision, BLOCK_N=block_n, BLOCK_V=block_v,
+                BLOCK_H=block_h, BLOCK_HO=block_ho, num_warps=warps)
+    h_blocks = triton.cdiv(h, block_ho)
+    _grad_hidden_kernel[(triton.cdiv(n, block_n), h_blocks)](*args, grad_hidden, n, v, h, **meta)
+    _grad_weight_kernel[(triton.cdiv(v, block_v), h_blocks)](
+        *args, grad_weight, grad_bias if grad_bias is not None else grad_weight, n, v, h, **meta)
+    return grad_hidden, grad_weight, grad_bias

@@ -1,0 +1,90 @@
+"""Shared Triton helpers: SPEC §3's noise stream, first-index argmax, the float32-or-not `tl.dot`, and the
+per-tile fold of the head's forward statistics.
+
+The noise G(stream, j) for one row is indexed by the vocabulary id (or chunk index) j, never by tile, so a
+sample does not depend on block sizes, warps or the grid.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def uniform_from_words(words):
+    """A uint32 Philox word -> float32 in [0, 1): read as int32, negatives folded by ~x, times 4.6566127342e-10."""
+    x = words.to(tl.int32, bitcast=True)
+    x = tl.where(x < 0, -x - 1, x)
+    return x.to(tl.float32) * 4.6566127342e-10
+
+
+@triton.jit
+def gumbel_noise(seed, row, stream, first_quad, QUADS: tl.constexpr):
+    """G(stream, j) for j in [4 * first_quad, 4 * (first_quad + QUADS)) of one row: a [4 * QUADS] float32 block.
+
+    Philox4x32-10 with key (seed lo, seed hi) and counter (j >> 2, row, stream, 0); one call gives the words of
+    four consecutive j, put back in index order by the join below.
+    """
+    quads = first_quad + tl.arange(0, QUADS)
+    zeros = tl.zeros([QUADS], dtype=tl.int32)
+    r0, r1, r2, r3 = tl.philox(seed, quads.to(tl.int32), zeros + row.to(tl.int32), zeros + stream, zeros)
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [4 * QUADS])
+    return -tl.log(-tl.log(uniform_from_words(words)))
+
+
+@triton.jit
+def first_argmax(values, index, axis: tl.constexpr, none):
+    """(max, index of its first occurrence) along `axis`; NaN must already be -inf. Where every value is -inf the
+    index is `none`."""
+    best = tl.max(values, axis=axis)
+    hit = (values == tl.expand_dims(best, axis)) & (values > float("-inf"))
+    return best, tl.min(tl.where(hit, index, none), axis=axis)
+
+
+@triton.jit
+def dot(a, b, acc, FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b; float32 operands use PRECISION ("ieee", or "tf32" when torch allows it)."""
+    if FP32:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def fold_logits_tile(x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,
+                     DISALLOW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Folds one logits tile x [BLOCK_N, BLOCK_V] (float32, -inf past the vocabulary) of ids `cols` into the
+    per-row state: running max m and sum s of exp (the loss's log-sum-exp), the target logit, the first argmax,
+    a NaN flag. Returns the new state and the tile's sampler chunk log-masses [BLOCK_N, BLOCK_V // 128] of
+    z = x / temperature (NaN as -inf; the target excluded where DISALLOW and the row is valid)."""
+    is_nan = x != x
+    nan_seen = nan_seen | (tl.max(is_nan.to(tl.int32), axis=1) > 0)
+    xs = tl.where(is_nan, float("-inf"), x)
+    is_target = cols[None, :] == targets[:, None]
+    target_logit += tl.sum(tl.where(is_target, x, 0.0), axis=1)
+
+    tile_best, tile_arg = first_argmax(xs, cols[None, :], 1, 2**30)
+    better = tile_best > best
+    best = tl.where(better, tile_best, best)
+    best_id = tl.where(better, tile_arg, best_id)
+
+    m_new = tl.maximum(m, tile_best)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(xs - m_safe[:, None]), axis=1)
+
+    z = xs / temperature
+    if DISALLOW:
+        z = tl.where(is_target & valid[:, None], float("-inf"), z)
+    z = tl.reshape(z, [BLOCK_N, BLOCK_V // 128, 128])
+    z_max = tl.max(z, axis=2)
+    z_safe = tl.where(z_max == float("-inf"), 0.0, z_max)
+    z_sum = tl.sum(tl.exp(z - z_safe[:, :, None]), axis=2)
+    chunk_lse = tl.where(z_max == float("-inf"), float("-inf"), z_max + tl.log(z_sum))
+    return m_new, s, target_logit, best, best_id, nan_seen, chunk_lse
+
+
+@triton.jit
+def finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, lse_ptr, target_logit_ptr, predicted_ptr):
+    """Stores the per-row results of the forward fold: log-sum-exp (NaN if any logit was), target logit, argmax."""
+    lse = tl.where(nan_seen, float("nan"), m + tl.log(s))
+    tl.store(lse_ptr + rows, lse, mask=row_ok)
+    tl.store(target_logit_ptr + rows, target_logit, mask=row_ok)
+    tl.store(predicted_ptr + rows, best_id.to(tl.int64), mask=row_ok)
