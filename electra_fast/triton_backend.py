@@ -17,6 +17,11 @@ def _kernel_dtype(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is None or t.dtype in _KERNEL_DTYPES else t.to(torch.float32)
 
 
+def _bias(bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels index the bias as a dense [V] vector (it may arrive expanded)."""
+    return None if bias is None else _kernel_dtype(bias).contiguous()
+
+
 def _precision() -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
@@ -33,7 +38,7 @@ def _loss(lse, target_logit, targets, ignore_index, reduction, dtype):
 
 def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction):
     targets = targets.contiguous()
-    h, w, b = _kernel_dtype(hidden), _kernel_dtype(weight), _kernel_dtype(bias)
+    h, w, b = _kernel_dtype(hidden), _kernel_dtype(weight), _bias(bias)
     lse, target_logit, predicted, chunk_lse = generator_head.head_forward(
         h, w, b, targets, ignore_index=ignore_index, temperature=temperature, disallow_correct=disallow_correct,
         precision=_precision(), interpret=TRITON_INTERPRET)
@@ -47,7 +52,7 @@ def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, r
     targets = targets.contiguous()
     scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
     return generator_head_backward.head_backward(
-        _kernel_dtype(hidden), _kernel_dtype(weight), _kernel_dtype(bias), targets, lse, scale,
+        _kernel_dtype(hidden), _kernel_dtype(weight), _bias(bias), targets, lse, scale,
         precision=_precision(), interpret=TRITON_INTERPRET)
 
 

@@ -17,16 +17,17 @@ def uniform_from_words(words):
 
 
 @triton.jit
-def gumbel_noise(seed, row, stream, first_quad, QUADS: tl.constexpr):
-    """G(stream, j) for j in [4 * first_quad, 4 * (first_quad + QUADS)) of one row: a [4 * QUADS] float32 block.
+def gumbel_noise(seed, rows, stream, first_quad, QUADS: tl.constexpr):
+    """G(stream, j) for j in [4 * first_quad, 4 * (first_quad + QUADS)) of each row: [ROWS, 4 * QUADS] float32
+    for rows [ROWS] and first_quad [ROWS] (int32).
 
     Philox4x32-10 with key (seed lo, seed hi) and counter (j >> 2, row, stream, 0); one call gives the words of
-    four consecutive j, put back in index order by the join below.
+    four consecutive j, put back in index order by the joins below.
     """
-    quads = first_quad + tl.arange(0, QUADS)
-    zeros = tl.zeros([QUADS], dtype=tl.int32)
-    r0, r1, r2, r3 = tl.philox(seed, quads.to(tl.int32), zeros + row.to(tl.int32), zeros + stream, zeros)
-    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [4 * QUADS])
+    quads = first_quad[:, None] + tl.arange(0, QUADS)[None, :]
+    zeros = tl.zeros_like(quads)
+    r0, r1, r2, r3 = tl.philox(seed, quads, zeros + rows.to(tl.int32)[:, None], zeros + stream, zeros)
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [quads.shape[0], 4 * QUADS])
     return -tl.log(-tl.log(uniform_from_words(words)))
 
 

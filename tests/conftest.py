@@ -1,0 +1,66 @@
+"""Shared fixtures. On a machine without CUDA the Triton kernels run through the interpreter: TRITON_INTERPRET
+must be set before triton (and electra_fast) is imported, hence here."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import electra_fast  # noqa: E402
+from electra_fast.ops import TRITON_INTERPRET  # noqa: E402
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or TRITON_INTERPRET
+
+
+def _targets():
+    """(backend, device) pairs this machine can run."""
+    found = [("cpp", "cpu")]
+    if _triton_available():
+        found.append(("triton", "cuda" if torch.cuda.is_available() else "cpu"))
+    return found
+
+
+@pytest.fixture(params=_targets(), ids=lambda p: p[0])
+def target(request):
+    """A (backend, device) under test, selected for the duration of the test."""
+    backend, device = request.param
+    with electra_fast.use_backend(backend):
+        yield backend, torch.device(device)
+
+
+def interpreted(backend: str) -> bool:
+    return backend == "triton" and TRITON_INTERPRET
+
+
+def dtypes_for(backend: str):
+    """The interpreter's bf16/fp16 tl.dot is wrong: it runs float32 only."""
+    if interpreted(backend):
+        return [torch.float32]
+    return [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Makes torch.empty / empty_like return poisoned memory (NaN, or -7 for integers) while the test runs, so
+    that an output element a kernel forgets to write shows up."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan") if t.dtype.is_floating_point else (True if t.dtype == torch.bool else -7))
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+
+
+def pytest_configure(config):
+    # The interpreter evaluates log(0) of masked-off lanes in numpy; the kernels discard those values.
+    config.addinivalue_line("filterwarnings", "ignore:divide by zero encountered in log:RuntimeWarning")

@@ -1,0 +1,75 @@
+"""`sample_logits`: loss, gradient, samples and argmax of given logits against the float64 reference."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import electra_fast
+from conftest import dtypes_for, interpreted
+from helpers import assert_samples_match, rel_err
+
+
+def _logits(n, v, device, dtype=torch.float32):
+    return (torch.randn(n, v) * 2.5).to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_matches_float64_reference(target, reduction, poisoned):
+    backend, device = target
+    shapes = [(1, 7), (19, 1031)] if interpreted(backend) else [(1, 7), (19, 1031), (64, 30522)]
+    for n, v in shapes:
+        logits = _logits(n, v, device).requires_grad_()
+        targets = torch.randint(0, v, (n,), device=device)
+        targets[::3] = -100
+        seed = int(torch.randint(0, 2**62, ()))
+        loss, sampled, predicted = electra_fast.sample_logits(logits, targets, seed=seed, reduction=reduction)
+        (grad,) = torch.autograd.grad(loss.sum(), logits)
+        truth = logits.detach().cpu().double().requires_grad_()
+        with electra_fast.use_backend("reference"):
+            t_loss, t_sampled, t_predicted = electra_fast.sample_logits(truth, targets.cpu(), seed=seed,
+                                                                        reduction=reduction)
+        (t_grad,) = torch.autograd.grad(t_loss.sum(), truth)
+        assert rel_err(loss.cpu(), t_loss) <= 1e-5 and rel_err(grad.cpu(), t_grad) <= 1e-5
+        assert grad.dtype == logits.dtype
+        assert_samples_match(sampled, t_sampled, truth.detach(), seed=seed)
+        assert torch.equal(predicted.cpu(), t_predicted)
+
+
+def test_without_targets(target):
+    _, device = target
+    logits = _logits(9, 300, device)
+    loss, sampled, predicted = electra_fast.sample_logits(logits, seed=11)
+    assert loss is None
+    assert torch.equal(predicted, logits.argmax(-1))
+    with electra_fast.use_backend("reference"):
+        _, t_sampled, _ = electra_fast.sample_logits(logits.cpu().double(), seed=11)
+    assert_samples_match(sampled, t_sampled, logits.cpu(), seed=11)
+
+
+def test_ignored_rows_still_sampled(target):
+    _, device = target
+    logits = _logits(6, 50, device)
+    targets = torch.full((6,), -100, device=device)
+    loss, sampled, _ = electra_fast.sample_logits(logits, targets, seed=2)
+    assert loss.item() == 0.0
+    with electra_fast.use_backend("reference"):
+        _, t_sampled, _ = electra_fast.sample_logits(logits.cpu(), targets.cpu(), seed=2)
+    assert torch.equal(sampled.cpu(), t_sampled)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_no_worse_than_eager(target, dtype):
+    backend, device = target
+    if dtype not in dtypes_for(backend):
+        pytest.skip("the Triton interpreter runs float32 only")
+    logits = _logits(50, 1031, device, dtype).requires_grad_()
+    targets = torch.randint(0, 1031, (50,), device=device)
+    loss, _, _ = electra_fast.sample_logits(logits, targets)
+    (grad,) = torch.autograd.grad(loss, logits)
+    eager = F.cross_entropy(logits, targets)
+    (eager_grad,) = torch.autograd.grad(eager, logits)
+    truth = logits.detach().double().cpu().requires_grad_()
+    t_loss = F.cross_entropy(truth, targets.cpu())
+    (t_grad,) = torch.autograd.grad(t_loss, truth)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    assert rel_err(loss.cpu(), t_loss) <= rel_err(eager.float().cpu(), t_loss) + 1e-2
+    assert rel_err(grad.cpu(), t_grad) <= rel_err(eager_grad.cpu(), t_grad) + 1e-2

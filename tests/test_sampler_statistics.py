@@ -1,0 +1,80 @@
+"""The sampler draws exactly from softmax(logits / T): chi-square over many rows with the same logits, and ids of
+probability 0 (or the excluded target) are never drawn (SPEC §4)."""
+import pytest
+import torch
+from scipy import stats
+
+import electra_fast
+from conftest import interpreted
+
+
+def _chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
+    counts = torch.bincount(samples.cpu(), minlength=probs.numel()).double()
+    expected = probs.double() * samples.numel()
+    keep = expected >= 5
+    observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    wanted = torch.cat([expected[keep], expected[~keep].sum()[None]])
+    if wanted[-1] < 5:  # fold a small remainder into the largest bin
+        observed, wanted = observed[:-1], wanted[:-1]
+        observed[wanted.argmax()] += counts[~keep].sum()
+        wanted[wanted.argmax()] += expected[~keep].sum()
+    return float(stats.chisquare(observed.numpy(), wanted.numpy()).pvalue)
+
+
+def _rows(backend):
+    return 3000 if interpreted(backend) else 40000
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sample_logits_frequencies(target, temperature):
+    backend, device = target
+    v = 300 if interpreted(backend) else 1031  # several 128-id chunks, the last one short
+    logits = torch.randn(v) * 1.5
+    logits[logits.argsort()[-3:]] += 3.0  # a few likely ids spread over chunks
+    n = _rows(backend)
+    _, sampled, _ = electra_fast.sample_logits(logits.expand(n, v).to(device), temperature=temperature,
+                                               seed=int(torch.randint(0, 2**62, ())))
+    probs = torch.softmax(logits.double() / temperature, 0)
+    assert _chi_square_p(sampled, probs) > 1e-3
+
+
+def test_head_frequencies_and_zero_probability(target):
+    backend, device = target
+    v, h = (260, 16) if interpreted(backend) else (1031, 32)
+    n = _rows(backend)
+    hidden_row = torch.randn(h)
+    weight = torch.randn(v, h) * 0.4
+    bias = torch.zeros(v)
+    bias[::3] = float("-inf")  # probability 0
+    hidden = hidden_row.expand(n, h)
+    targets = torch.randint(0, v, (n,))
+    _, sampled, _ = electra_fast.generator_loss_and_sample(hidden.to(device), weight.to(device), bias.to(device),
+                                                           targets.to(device), seed=int(torch.randint(0, 2**62, ())))
+    assert (sampled.cpu() % 3 != 0).all()
+    probs = torch.softmax(weight.double() @ hidden_row.double() + bias.double(), 0)
+    assert _chi_square_p(sampled, probs) > 1e-3
+
+
+def test_disallow_correct_frequencies(target):
+    backend, device = target
+    v = 200 if interpreted(backend) else 700
+    n = _rows(backend)
+    logits = torch.randn(v)
+    top = int(logits.argmax())
+    logits[top] += 4.0  # the target dominates: excluding it reshapes the whole distribution
+    targets = torch.full((n,), top)
+    _, sampled, _ = electra_fast.sample_logits(logits.expand(n, v).to(device), targets.to(device),
+                                               disallow_correct=True, seed=int(torch.randint(0, 2**62, ())))
+    assert (sampled.cpu() != top).all()
+    kept = logits.double().clone()
+    kept[top] = float("-inf")
+    assert _chi_square_p(sampled, torch.softmax(kept, 0)) > 1e-3
+
+
+def test_only_the_target_has_mass_gives_lowest_other_id(target):
+    _, device = target
+    logits = torch.full((4, 9), float("-inf"))
+    targets = torch.tensor([0, 3, 8, 0])
+    logits[torch.arange(4), targets] = 1.0
+    _, sampled, _ = electra_fast.sample_logits(logits.to(device), targets.to(device), disallow_correct=True, seed=4)
+    assert sampled.cpu().tolist() == [1, 0, 0, 1]
