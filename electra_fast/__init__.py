@@ -5,14 +5,19 @@ import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
 from .masking import MaskedInputs, mask_tokens
 from .ops import get_backend, set_backend, set_value_checks, use_backend
+from .pretrainer import ElectraOutput, ElectraPretrainer
+from . import models  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ElectraOutput",
+    "ElectraPretrainer",
     "MaskedInputs",
     "generator_loss_and_sample",
     "get_backend",
     "mask_tokens",
+    "models",
     "replace_",
     "rtd_loss",
     "sample_logits",

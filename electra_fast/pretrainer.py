@@ -1,0 +1,195 @@
+"""`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2).
+
+mask_tokens -> generator up to its head's hidden states -> the masked rows -> fused head (MLM loss, sample,
+argmax) -> REPLACE into a copy of the original ids -> discriminator -> RTD loss. No gradient flows through the
+sample. Works with the built-in models (electra_fast.models) and Hugging Face's ElectraForMaskedLM /
+ElectraForPreTraining.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from . import api
+from .masking import mask_tokens
+from .models import Discriminator, Generator, preset_configs
+
+OBJECTIVES = ("mle", "adversarial")
+
+
+class ElectraOutput(NamedTuple):
+    loss: torch.Tensor  # gen_weight * generator objective + disc_weight * rtd_loss
+    mlm_loss: torch.Tensor
+    rtd_loss: torch.Tensor
+    gen_accuracy: torch.Tensor  # share of masked positions where the argmax is the original id
+    disc_accuracy: torch.Tensor  # share of attended tokens where (logit > 0) == is_replaced
+    replaced_fraction: torch.Tensor  # share of attended tokens whose id changed
+
+
+class _BuiltIn:
+    """Adapter over electra_fast.models."""
+
+    def __init__(self, generator: Generator, discriminator: Discriminator):
+        self.generator, self.discriminator = generator, discriminator
+
+    def tie(self):
+        self.generator.encoder.embeddings = self.discriminator.encoder.embeddings
+
+    def features(self, ids, mask):
+        return self.generator.features(ids, mask)
+
+    def output(self):
+        return self.generator.output_weight, self.generator.output_bias
+
+    def logits(self, ids, mask):
+        return self.discriminator(ids, mask)
+
+    def shared_embedding(self):
+        return self.discriminator.encoder.embeddings.word.weight
+
+    def save_discriminator(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        torch.save(self.discriminator.state_dict(), os.path.join(directory, "discriminator.pt"))
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(vars(self.discriminator.encoder.config), f, indent=2)
+
+
+class _HuggingFace:
+    """Adapter over transformers' ElectraForMaskedLM (generator) and ElectraForPreTraining (discriminator)."""
+
+    def __init__(self, generator, discriminator):
+        self.generator, self.discriminator = generator, discriminator
+
+    def tie(self):
+        gen_emb = self.generator.electra.embeddings
+        disc_emb = self.discriminator.electra.embeddings
+        if gen_emb.word_embeddings.weight.shape != disc_emb.word_embeddings.weight.shape:
+            raise ValueError("generator and discriminator must have the same vocab_size and embedding_size to share "
+                             f"embeddings, got {tuple(gen_emb.word_embeddings.weight.shape)} and "
+                             f"{tuple(disc_emb.word_embeddings.weight.shape)}")
+        self.generator.electra.embeddings = disc_emb
+        self.generator.generator_lm_head.weight = disc_emb.word_embeddings.weight
+
+    def features(self, ids, mask):
+        hidden = self.generator.electra(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.generator.generator_predictions(hidden)
+
+    def output(self):
+        head = self.generator.generator_lm_head
+        return head.weight, head.bias
+
+    def logits(self, ids, mask):
+        return self.discriminator(input_ids=ids, attention_mask=mask).logits
+
+    def shared_embedding(self):
+        return self.discriminator.electra.embeddings.word_embeddings.weight
+
+    def save_discriminator(self, directory):
+        self.discriminator.save_pretrained(directory)
+
+
+def _adapter(generator, discriminator):
+    if isinstance(generator, Generator) and isinstance(discriminator, Discriminator):
+        return _BuiltIn(generator, discriminator)
+    if hasattr(generator, "generator_predictions") and hasattr(discriminator, "discriminator_predictions"):
+        return _HuggingFace(generator, discriminator)
+    raise TypeError("generator/discriminator must be electra_fast.models.Generator/Discriminator or Hugging Face "
+                    f"ElectraForMaskedLM/ElectraForPreTraining, got {type(generator).__name__}/"
+                    f"{type(discriminator).__name__}")
+
+
+class ElectraPretrainer(nn.Module):
+    """One ELECTRA pretraining step: `forward(input_ids, attention_mask=None) -> ElectraOutput`.
+
+    input_ids [B, T] int64 are never modified. attention_mask [B, T] (1 = token) defaults to
+    input_ids != pad_token_id. Each step draws its sampling seed from torch's default generator, so
+    torch.manual_seed makes a step repeatable. generator_objective="adversarial" trains the generator by
+    REINFORCE with the discriminator's probability that the sampled token is real as the reward, minus a running
+    mean baseline, instead of maximum likelihood; mlm_loss is then still reported, without gradient.
+    """
+
+    def __init__(self, generator, discriminator, *, mask_token_id: int, vocab_size: int,
+                 special_token_ids: Sequence[int] = (), pad_token_id: int = 0, mask_prob: float = 0.15,
+                 gen_weight: float = 1.0, disc_weight: float = 50.0, temperature: float = 1.0,
+                 disallow_correct: bool = False, tie_embeddings: bool = True, generator_objective: str = "mle",
+                 baseline_momentum: float = 0.99):
+        super().__init__()
+        if generator_objective not in OBJECTIVES:
+            raise ValueError(f"generator_objective must be one of {OBJECTIVES}, got {generator_objective!r}")
+        self.generator, self.discriminator = generator, discriminator
+        self._models = _adapter(generator, discriminator)
+        if tie_embeddings:
+            self._models.tie()
+        self.mask_token_id, self.vocab_size, self.pad_token_id = mask_token_id, vocab_size, pad_token_id
+        self.special_token_ids = tuple(special_token_ids)
+        self.mask_prob, self.gen_weight, self.disc_weight = mask_prob, gen_weight, disc_weight
+        self.temperature, self.disallow_correct = temperature, disallow_correct
+        self.generator_objective, self.baseline_momentum = generator_objective, baseline_momentum
+        self.register_buffer("reward_baseline", torch.tensor(0.5))
+
+    @classmethod
+    def from_preset(cls, name: str, *, vocab_size: int, mask_token_id: int, pad_token_id: int = 0,
+                    special_token_ids: Sequence[int] = (), **overrides) -> "ElectraPretrainer":
+        """Builds both models from a preset ("small", "base", "large"). Overrides change the preset (num_layers,
+        hidden_size, max_position_embeddings, ...) or, where they name an ElectraPretrainer argument
+        (disc_weight, temperature, ...), the pretrainer."""
+        pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in _PRETRAINER_ARGS}
+        gen_config, disc_config = preset_configs(name, vocab_size=vocab_size, **overrides)
+        return cls(Generator(gen_config), Discriminator(disc_config), mask_token_id=mask_token_id,
+                   vocab_size=vocab_size, pad_token_id=pad_token_id, special_token_ids=special_token_ids,
+                   **pretrainer_args)
+
+    def save_discriminator(self, directory: str) -> None:
+        """Saves the discriminator alone (the generator is discarded after pretraining)."""
+        self._models.save_discriminator(directory)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ElectraOutput:
+        if attention_mask is None:
+            attention_mask = input_ids != self.pad_token_id
+        attention_mask = attention_mask.long()
+        masked = mask_tokens(input_ids, attention_mask, mask_token_id=self.mask_token_id, mask_prob=self.mask_prob,
+                             special_token_ids=self.special_token_ids + (self.pad_token_id,))
+        features = self._models.features(masked.masked_ids, attention_mask)
+        rows = features.reshape(-1, features.shape[-1])[masked.positions]
+        weight, bias = self._models.output()
+        mlm_loss, sampled, predicted = api.generator_loss_and_sample(
+            rows, weight, bias, masked.targets, temperature=self.temperature,
+            disallow_correct=self.disallow_correct)
+
+        noised = input_ids.clone()
+        is_replaced = api.replace_(noised, masked.positions, sampled)
+        disc_logits = self._models.logits(noised, attention_mask)
+        rtd = api.rtd_loss(disc_logits, is_replaced, attention_mask)
+
+        gen_objective = mlm_loss
+        if self.generator_objective == "adversarial":
+            gen_objective = self._adversarial_objective(rows, weight, bias, sampled, masked.positions, disc_logits)
+            mlm_loss = mlm_loss.detach()
+        loss = self.gen_weight * gen_objective + self.disc_weight * rtd
+
+        with torch.no_grad():
+            attended = attention_mask.bool()
+            n_attended = attended.sum().clamp_min(1)
+            gen_accuracy = (predicted == masked.targets).float().sum() / max(masked.targets.numel(), 1)
+            disc_correct = ((disc_logits > 0) == is_replaced) & attended
+            disc_accuracy = disc_correct.sum().float() / n_attended
+            replaced_fraction = (is_replaced & attended).sum().float() / n_attended
+        return ElectraOutput(loss, mlm_loss, rtd, gen_accuracy, disc_accuracy, replaced_fraction)
+
+    def _adversarial_objective(self, rows, weight, bias, sampled, positions, disc_logits):
+        """REINFORCE: mean over masked rows of (reward - baseline) * -log p(sampled); reward = P(real)."""
+        neg_log_p, _, _ = api.generator_loss_and_sample(rows, weight, bias, sampled, reduction="none")
+        with torch.no_grad():
+            reward = torch.sigmoid(-disc_logits.reshape(-1)[positions].float())
+            advantage = reward - self.reward_baseline
+            if self.training and reward.numel():
+                self.reward_baseline.lerp_(reward.mean(), 1 - self.baseline_momentum)
+        return (advantage * neg_log_p).sum() / max(neg_log_p.numel(), 1)
+
+
+_PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "disallow_correct", "tie_embeddings",
+                    "generator_objective", "baseline_momentum"}
