@@ -60,6 +60,18 @@ def preset_configs(name: str, *, vocab_size: int, **overrides) -> tuple[EncoderC
     return gen, disc
 
 
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/ELECTRA initialisation: normal(0, 0.02) weights, zero biases, unit LayerNorm."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class Embeddings(nn.Module):
     def __init__(self, c: EncoderConfig):
         super().__init__()
@@ -127,6 +139,7 @@ class Generator(nn.Module):
         self.dense = nn.Linear(c.hidden_size, c.embedding_size)
         self.norm = nn.LayerNorm(c.embedding_size, eps=c.layer_norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        init_weights(self)
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -148,6 +161,7 @@ class Discriminator(nn.Module):
         self.encoder = Encoder(c)
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
         self.out = nn.Linear(c.hidden_size, 1)
+        init_weights(self)
 
     def forward(self, input_ids, attention_mask=None):
         return self.out(F.gelu(self.dense(self.encoder(input_ids, attention_mask)))).squeeze(-1)
@@ -163,6 +177,8 @@ class SequenceClassifier(nn.Module):
         self.dense = nn.Linear(h, h)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(h, num_labels)
+        init_weights(self.dense)
+        init_weights(self.out)
 
     def forward(self, input_ids, attention_mask=None):
         first = self.encoder(input_ids, attention_mask)[:, 0]

@@ -2,23 +2,9 @@
 probability 0 (or the excluded target) are never drawn (SPEC §4)."""
 import pytest
 import torch
-from scipy import stats
-
 import electra_fast
 from conftest import interpreted
-
-
-def _chi_square_p(samples: torch.Tensor, probs: torch.Tensor) -> float:
-    counts = torch.bincount(samples.cpu(), minlength=probs.numel()).double()
-    expected = probs.double() * samples.numel()
-    keep = expected >= 5
-    observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
-    wanted = torch.cat([expected[keep], expected[~keep].sum()[None]])
-    if wanted[-1] < 5:  # fold a small remainder into the largest bin
-        observed, wanted = observed[:-1], wanted[:-1]
-        observed[wanted.argmax()] += counts[~keep].sum()
-        wanted[wanted.argmax()] += expected[~keep].sum()
-    return float(stats.chisquare(observed.numpy(), wanted.numpy()).pvalue)
+from electra_fast.check import chi_square_pvalue
 
 
 def _rows(backend):
@@ -35,7 +21,7 @@ def test_sample_logits_frequencies(target, temperature):
     _, sampled, _ = electra_fast.sample_logits(logits.expand(n, v).to(device), temperature=temperature,
                                                seed=int(torch.randint(0, 2**62, ())))
     probs = torch.softmax(logits.double() / temperature, 0)
-    assert _chi_square_p(sampled, probs) > 1e-3
+    assert chi_square_pvalue(sampled, probs) > 1e-3
 
 
 def test_head_frequencies_and_zero_probability(target):
@@ -52,7 +38,7 @@ def test_head_frequencies_and_zero_probability(target):
                                                            targets.to(device), seed=int(torch.randint(0, 2**62, ())))
     assert (sampled.cpu() % 3 != 0).all()
     probs = torch.softmax(weight.double() @ hidden_row.double() + bias.double(), 0)
-    assert _chi_square_p(sampled, probs) > 1e-3
+    assert chi_square_pvalue(sampled, probs) > 1e-3
 
 
 def test_disallow_correct_frequencies(target):
@@ -68,7 +54,7 @@ def test_disallow_correct_frequencies(target):
     assert (sampled.cpu() != top).all()
     kept = logits.double().clone()
     kept[top] = float("-inf")
-    assert _chi_square_p(sampled, torch.softmax(kept, 0)) > 1e-3
+    assert chi_square_pvalue(sampled, torch.softmax(kept, 0)) > 1e-3
 
 
 def test_only_the_target_has_mass_gives_lowest_other_id(target):
@@ -78,3 +64,18 @@ def test_only_the_target_has_mass_gives_lowest_other_id(target):
     logits[torch.arange(4), targets] = 1.0
     _, sampled, _ = electra_fast.sample_logits(logits.to(device), targets.to(device), disallow_correct=True, seed=4)
     assert sampled.cpu().tolist() == [1, 0, 0, 1]
+
+
+def test_chi_square_pvalue_agrees_with_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    probs = torch.softmax(torch.randn(50), 0)
+    samples = torch.multinomial(probs, 3000, replacement=True)
+    counts = torch.bincount(samples, minlength=50).double()
+    expected = probs.double() * 3000
+    keep = expected >= 5
+    if expected[~keep].sum() >= 5:
+        observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
+        wanted = torch.cat([expected[keep], expected[~keep].sum()[None]])
+        assert abs(chi_square_pvalue(samples, probs) - stats.chisquare(observed, wanted).pvalue) < 1e-9
+    skewed = torch.zeros(3000, dtype=torch.long)  # everything in bin 0: rejected
+    assert chi_square_pvalue(skewed, probs) < 1e-6
