@@ -69,8 +69,8 @@ def head_forward(hidden, weight, bias, targets, *, ignore_index, temperature, di
     fp32 = hidden.dtype != weight.dtype or hidden.dtype == torch.float32
     if interpret:  # few, big programs: the interpreter's cost is per program and per op
         block_n, block_v, block_h, warps = 16, 256, triton.next_power_of_2(max(h, 16)), 4
-    else:
-        block_n, block_v, block_h, warps = 64, 128, 64, 8
+    else:  # float32 tiles take twice the registers: fewer rows keep them from spilling
+        block_n, block_v, block_h, warps = (32 if fp32 else 64), 128, 64, 8
     _head_forward_kernel[(triton.cdiv(n, block_n),)](
         hidden, *hidden.stride(), weight, *weight.stride(), bias if bias is not None else weight, targets,
         lse, target_logit, predicted, chunk_lse, n, v, h, n_chunks, ignore_index, temperature,

@@ -107,8 +107,8 @@ def head_backward(hidden, weight, bias, targets, lse, row_scale, *, precision, i
     full_h = triton.next_power_of_2(max(h, 16))
     if interpret:
         block_n, block_v, block_h, block_ho, warps = 16, 256, full_h, full_h, 4
-    else:
-        block_n, block_v, block_h, block_ho, warps = 64, 128, 64, min(full_h, 128), 8
+    else:  # float32 tiles take twice the registers: smaller ones keep them from spilling
+        block_n, block_v, block_h, block_ho, warps = (32 if fp32 else 64), 128, 64, min(full_h, 64 if fp32 else 128), 8
     args = (hidden, *hidden.stride(), weight, *weight.stride(), bias if bias is not None else weight, targets, lse,
             row_scale)
     meta = dict(HAS_BIAS=bias is not None, FP32=fp32, PRECISION=precision, BLOCK_N=block_n, BLOCK_V=block_v,
