@@ -15,6 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -40,10 +41,10 @@ class Config:
     warmup: int = 2
     repeats: int = 5
     memory: bool = True
-    parts: tuple = ("head", "ops", "step")
+    parts: tuple = ("head", "ops", "step", "recommended")
 
 
-MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step")  # the other ops' tensors are a few KB
+MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step")  # the other ops' tensors are a few KB
 
 
 @dataclass
@@ -302,37 +303,119 @@ def step_inputs(cfg: Config, device):
     return ids.to(device), mask.to(device)
 
 
-def step_variants(cfg: Config) -> dict:
-    """name -> zero-argument callable doing one training step (forward, backward, AdamW) on its own copy of the
-    same models and the same batch."""
-    device = torch.device(cfg.device)
+def _pretrainer(cfg: Config, device) -> electra_fast.ElectraPretrainer:
     overrides = {} if cfg.num_layers is None else {"num_layers": cfg.num_layers}
     torch.manual_seed(0)
-    base = electra_fast.ElectraPretrainer.from_preset(
+    return electra_fast.ElectraPretrainer.from_preset(
         cfg.preset, vocab_size=cfg.vocab_size, mask_token_id=MASK_ID, pad_token_id=PAD_ID,
         special_token_ids=(CLS_ID, SEP_ID), max_position_embeddings=max(512, cfg.seq_len), dropout=0.0,
         **overrides).to(device)
+
+
+def _training_step(cfg: Config, loss_of_batch, module, dtype: str | None = None):
+    """A zero-argument callable: forward under autocast when dtype is not float32, backward, AdamW."""
+    device = torch.device(cfg.device)
     ids, mask = step_inputs(cfg, device)
-    autocast = cfg.dtype != "float32"
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    dtype = dtype or cfg.dtype
 
-    def make(loss_of_module, module):
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    def step():
+        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+            loss = loss_of_batch(ids, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
 
-        def step():
-            with torch.autocast(device.type, dtype=getattr(torch, cfg.dtype), enabled=autocast):
-                loss = loss_of_module(ids, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
 
+def step_variants(cfg: Config) -> dict:
+    """name -> zero-argument callable doing one training step (forward, backward, AdamW) on its own copy of the
+    same models and the same batch."""
+    base = _pretrainer(cfg, torch.device(cfg.device))
     eager, full, compiled, fused = (copy.deepcopy(base) for _ in range(4))
     return {
-        "eager-full": make(EagerStep(full, full_logits=True), full),
-        "eager": make(EagerStep(eager, full_logits=False), eager),
-        "compile": make(torch.compile(EagerStep(compiled, full_logits=False)), compiled),
-        "electra-fast": make(lambda i, m: fused(i, m).loss, fused),
+        "eager-full": _training_step(cfg, EagerStep(full, full_logits=True), full),
+        "eager": _training_step(cfg, EagerStep(eager, full_logits=False), eager),
+        "compile": _training_step(cfg, torch.compile(EagerStep(compiled, full_logits=False)), compiled),
+        "electra-fast": _training_step(cfg, lambda i, m: fused(i, m).loss, fused),
     }
+
+
+class HuggingFaceStep(torch.nn.Module):
+    """The step users run today with Hugging Face's models: ElectraForMaskedLM with labels (logits over the whole
+    sequence), Gumbel sampling at the masked positions, ElectraForPreTraining with labels."""
+
+    def __init__(self, generator, discriminator, disc_weight: float = 50.0):
+        super().__init__()
+        self.generator, self.discriminator, self.disc_weight = generator, discriminator, disc_weight
+        self.generator.electra.embeddings = discriminator.electra.embeddings
+        self.generator.generator_lm_head.weight = discriminator.electra.embeddings.word_embeddings.weight
+
+    def forward(self, input_ids, attention_mask):
+        masked = electra_fast.mask_tokens(input_ids, attention_mask, mask_token_id=MASK_ID,
+                                          special_token_ids=(CLS_ID, SEP_ID, PAD_ID))
+        labels = torch.full_like(input_ids, -100)
+        labels.view(-1)[masked.positions] = masked.targets
+        gen = self.generator(input_ids=masked.masked_ids, attention_mask=attention_mask, labels=labels)
+        with torch.no_grad():
+            sampled = gumbel_sample(gen.logits.view(-1, gen.logits.shape[-1])[masked.positions])
+            noised = input_ids.clone()
+            noised.view(-1)[masked.positions] = sampled
+        disc = self.discriminator(input_ids=noised, attention_mask=attention_mask,
+                                  labels=(noised != input_ids).long())
+        return gen.loss + self.disc_weight * disc.loss
+
+
+def hugging_face_models(cfg: Config, device):
+    """ElectraForMaskedLM / ElectraForPreTraining of the preset's sizes, or None without transformers."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    overrides = {} if cfg.num_layers is None else {"num_layers": cfg.num_layers}
+    gen_cfg, disc_cfg = models.preset_configs(cfg.preset, vocab_size=cfg.vocab_size, **overrides)
+
+    def electra_config(c):
+        return transformers.ElectraConfig(
+            vocab_size=c.vocab_size, embedding_size=c.embedding_size, hidden_size=c.hidden_size,
+            num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size,
+            max_position_embeddings=max(512, cfg.seq_len), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+    torch.manual_seed(0)
+    return (transformers.ElectraForMaskedLM(electra_config(gen_cfg)).to(device),
+            transformers.ElectraForPreTraining(electra_config(disc_cfg)).to(device))
+
+
+def bf16_supported(device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def recommended_variants(cfg: Config) -> dict:
+    """The step users run today (Hugging Face models, full-sequence logits) against electra-fast's recommended
+    steps: the fused ops on the same Hugging Face models, then on the built-in models (SDPA attention), with the
+    encoders under torch.compile, and with bf16 autocast where the device supports it."""
+    device = torch.device(cfg.device)
+    variants = {}
+
+    def fused_step(pretrainer, dtype=None):
+        return _training_step(cfg, lambda ids, mask: pretrainer(ids, mask).loss, pretrainer, dtype)
+
+    hf = hugging_face_models(cfg, device)
+    if hf is not None:
+        hf_step = HuggingFaceStep(*copy.deepcopy(hf))
+        variants["hf eager-full"] = _training_step(cfg, hf_step, hf_step)
+        variants["hf electra-fast"] = fused_step(electra_fast.ElectraPretrainer(
+            *copy.deepcopy(hf), mask_token_id=MASK_ID, vocab_size=cfg.vocab_size, pad_token_id=PAD_ID,
+            special_token_ids=(CLS_ID, SEP_ID)))
+    base = _pretrainer(cfg, device)
+    variants["electra-fast"] = fused_step(copy.deepcopy(base))
+    variants["electra-fast +compile"] = fused_step(copy.deepcopy(base).compile_encoders())
+    if bf16_supported(device) and cfg.dtype == "float32":
+        variants["electra-fast +bf16"] = fused_step(copy.deepcopy(base), "bfloat16")
+        variants["electra-fast +compile+bf16"] = fused_step(copy.deepcopy(base).compile_encoders(), "bfloat16")
+    return variants
 
 
 def fused_share_of_step(cfg: Config, eager_step_seconds: float, hidden_size: int) -> float:
@@ -358,7 +441,8 @@ def _probe_memory(cfg: Config, table: str, variant: str) -> float | None:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     try:
         out = subprocess.run([sys.executable, "-m", "electra_fast.benchmark", payload], capture_output=True,
-                             text=True, timeout=900, check=True, env=env)
+                             text=True, timeout=900, check=True, env=env,
+                             cwd=tempfile.gettempdir())  # not a source checkout, which `-m` would import
     except (subprocess.SubprocessError, OSError):
         return None
     return float(out.stdout.strip().splitlines()[-1])
@@ -383,6 +467,8 @@ def _variants_of(cfg: Config, table: str) -> dict:
         return head_variants(cfg, _hidden_size(cfg), backward=False)
     if table == "step":
         return step_variants(cfg)
+    if table == "recommended step":
+        return recommended_variants(cfg)
     return op_variants(cfg)[table]
 
 
@@ -390,10 +476,13 @@ def _variants_of(cfg: Config, table: str) -> dict:
 # The run: tables, ratios, report.
 
 
+BASELINES = ("eager-full", "eager", "compile", "hf eager-full")
+
+
 def _ratios(rows: list[Row]) -> None:
     by_name = {r.variant: r.ms for r in rows}
     for r in rows:
-        for base in ("eager-full", "eager", "compile"):
+        for base in BASELINES:
             if base in by_name and r.variant != base:
                 r.ratios[f"vs {base}"] = by_name[base] / r.ms
 
@@ -436,6 +525,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
         tables += list(op_variants(cfg))
     if "step" in cfg.parts:
         tables.append("step")
+    if "recommended" in cfg.parts:
+        tables.append("recommended step")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -451,7 +542,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
         table_rows = []
         for name, s in seconds.items():
             row = Row(table, name, s * 1e3)
-            if table == "step":
+            if table.endswith("step"):
                 row.tokens_per_s = cfg.batch_size * cfg.seq_len / s
             if "loss only" in name:
                 row.note = "no sample"
@@ -479,7 +570,8 @@ def format_table(report: dict) -> str:
     lines = [" ".join(f"{k}={v}" for k, v in report["environment"].items()),
              f"preset={cfg['preset']} batch={cfg['batch_size']}x{cfg['seq_len']} head_rows={cfg['head_rows']} "
              f"dtype={cfg['dtype']} median of {cfg['repeats']} interleaved rounds after {cfg['warmup']} warm-up", ""]
-    header = f"{'table':<18} {'variant':<18} {'ms':>10} {'tokens/s':>10} {'peak MB':>9} {'vs eager':>9} {'vs compile':>10} {'vs eager-full':>13}"
+    header = (f"{'table':<18} {'variant':<28} {'ms':>9} {'tokens/s':>9} {'peak MB':>8} {'vs eager':>9} "
+              f"{'vs compile':>10} {'vs eager-full':>13} {'vs hf eager-full':>16}")
     lines += [header, "-" * len(header)]
     for r in report["rows"]:
         def ratio(key):
@@ -488,8 +580,8 @@ def format_table(report: dict) -> str:
         tokens = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
         name = r["variant"] + (f" [{r['note']}]" if r["note"] else "")
-        lines.append(f"{r['table']:<18} {name:<18} {r['ms']:>10.1f} {tokens:>10} {peak:>9} {ratio('vs eager'):>9} "
-                     f"{ratio('vs compile'):>10} {ratio('vs eager-full'):>13}")
+        lines.append(f"{r['table']:<18} {name:<28} {r['ms']:>9.1f} {tokens:>9} {peak:>8} {ratio('vs eager'):>9} "
+                     f"{ratio('vs compile'):>10} {ratio('vs eager-full'):>13} {ratio('vs hf eager-full'):>16}")
     for k, v in report["notes"].items():
         lines.append(f"{k}: {v:.3f}")
     return "\n".join(lines)
@@ -506,13 +598,13 @@ def plot(report: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 3.4), squeeze=False)
     for ax, table in zip(axes[0], tables):
         rows = [r for r in report["rows"] if r["table"] == table]
-        eager = next(r["ms"] for r in rows if r["variant"] == "eager")
+        base = next(r["ms"] for r in rows if r["variant"] in ("eager", "hf eager-full"))
         names = [r["variant"] for r in rows]
-        ax.bar(range(len(rows)), [eager / r["ms"] for r in rows], color="tab:blue")
+        ax.bar(range(len(rows)), [base / r["ms"] for r in rows], color="tab:blue")
         ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=7)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_title(table, fontsize=9)
-        ax.set_ylabel("speed-up vs eager" if ax is axes[0][0] else "")
+        ax.set_ylabel("speed-up vs eager (hf eager-full)" if ax is axes[0][0] else "")
     env = report["environment"]
     fig.suptitle(f"electra-fast on {env.get('gpu', env.get('cpu'))} ({env['threads']} threads)", fontsize=9)
     fig.tight_layout()

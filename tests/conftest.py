@@ -1,8 +1,14 @@
 """Shared fixtures. On a machine without CUDA the Triton kernels run through the interpreter: TRITON_INTERPRET
 must be set before triton (and electra_fast) is imported, hence here."""
 import os
+import sys
 
 import torch
+
+# Test the installed package, never the source folder that `python -m pytest` puts first on sys.path: the source
+# folder has neither the built C++ extension nor electra_fast.kernels (setup.py maps kernels/ there).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

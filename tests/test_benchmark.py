@@ -7,7 +7,7 @@ import torch
 from electra_fast import benchmark, check, cli
 
 TINY = dict(preset="small", batch_size=2, seq_len=16, num_layers=1, head_rows=32, vocab_size=500, warmup=1,
-            repeats=1, memory=False)
+            repeats=1, memory=False, parts=("head", "ops", "step"))
 
 
 def test_run_reports_every_variant_with_ratios():
@@ -26,6 +26,19 @@ def test_run_reports_every_variant_with_ratios():
     assert report["notes"]["head_gemm_floor_ms"] > 0
     text = benchmark.format_table(report)
     assert "electra-fast" in text and "tokens/s" in text
+
+
+def test_recommended_steps_run():
+    report = benchmark.run(benchmark.Config(**{**TINY, "parts": ("recommended",)}), progress=False)
+    variants = {r["variant"] for r in report["rows"]}
+    assert {"electra-fast", "electra-fast +compile"} <= variants
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return
+    assert {"hf eager-full", "hf electra-fast"} <= variants
+    fused = next(r for r in report["rows"] if r["variant"] == "hf electra-fast")
+    assert fused["ratios"]["vs hf eager-full"] > 0
 
 
 def test_variants_train_the_same_models_on_the_same_batch():
