@@ -41,7 +41,7 @@ class Config:
     warmup: int = 2
     repeats: int = 5
     memory: bool = True
-    parts: tuple = ("head", "ops", "step", "recommended")
+    parts: tuple = ("head", "ops", "step")
 
 
 MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step")  # the other ops' tensors are a few KB

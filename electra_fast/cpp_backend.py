@@ -1,7 +1,7 @@
 """The `cpp` backend: CPU tensors, C++ epilogues (electra_fast._C) over vocabulary tiles whose matrix products
 run through torch's BLAS.
 
-The generator head walks the vocabulary in tiles of TILE ids for all rows at once: one GEMM writes the tile's
+The generator head walks the vocabulary in tiles (`tile_width`) for all rows at once: one GEMM writes the tile's
 logits into a reused buffer, and the C++ epilogue folds it into per-row state (running max and sum of
 exponentials, target logit, argmax, the sampler's chunk log-masses) while it is still in cache. The backward
 recomputes each tile, turns it into softmax - one-hot in place, and feeds it to the two gradient GEMMs. No
@@ -14,7 +14,15 @@ import torch
 from . import _C
 from .reference import CHUNK, compute_dtype, reduce_rows, row_scale
 
-TILE = 512  # vocabulary ids per tile: a multiple of CHUNK; N x TILE float32 stays cache-sized at ELECTRA's N
+TILE_BYTES = 4 << 20  # a logits tile of about this size stays in cache between its GEMM and its epilogue
+MIN_TILE = 512  # ids; narrower tiles make the GEMMs inefficient
+
+
+def tile_width(rows: int, vocab: int) -> int:
+    """Vocabulary ids per tile: a multiple of CHUNK, so that tiles hold whole sampler chunks; wide when there
+    are few rows (fewer calls), never under MIN_TILE."""
+    width = max(MIN_TILE, TILE_BYTES // (4 * max(rows, 1)) // CHUNK * CHUNK)
+    return min(width, -(-vocab // CHUNK) * CHUNK)
 
 
 def _threads() -> int:
@@ -68,9 +76,10 @@ class _RowState:
         return loss, sampled, self.best_id, lse
 
 
-def _tiles(vocab: int):
-    for v0 in range(0, vocab, TILE):
-        yield v0, min(TILE, vocab - v0)
+def _tiles(rows: int, vocab: int):
+    """(first id, width) of each vocabulary tile, and the buffer the tiles' logits reuse."""
+    tile = tile_width(rows, vocab)
+    return [(v0, min(tile, vocab - v0)) for v0 in range(0, vocab, tile)], torch.empty(rows * min(tile, vocab))
 
 
 def _tile_logits(buffer, h, w, b, v0, width):
@@ -86,8 +95,8 @@ def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_corr
     targets = targets.contiguous()
     n, vocab = h.shape[0], w.shape[0]
     state = _RowState(n, vocab)
-    buffer = torch.empty(n * min(TILE, vocab))
-    for v0, width in _tiles(vocab):
+    tiles, buffer = _tiles(n, vocab)
+    for v0, width in tiles:
         state.fold(_tile_logits(buffer, h, w, b, v0, width), v0, targets, ignore_index, temperature,
                    disallow_correct)
     return state.finish(targets, seed, temperature, disallow_correct, ignore_index, reduction,
@@ -102,9 +111,9 @@ def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, r
     grad_h = torch.zeros_like(h)
     grad_w = torch.empty_like(w)
     grad_b = None if b is None else torch.empty_like(b)
-    buffer = torch.empty(n * min(TILE, vocab))
+    tiles, buffer = _tiles(n, vocab)
     lse = lse.contiguous()
-    for v0, width in _tiles(vocab):
+    for v0, width in tiles:
         g = _tile_logits(buffer, h, w, b, v0, width)
         _C.head_backward_tile(g.data_ptr(), n, width, v0, targets.data_ptr(), ignore_index, lse.data_ptr(),
                               scale.data_ptr(), _threads())

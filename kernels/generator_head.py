@@ -53,9 +53,10 @@ def _head_forward_kernel(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv
 
 
 def head_forward(hidden, weight, bias, targets, *, ignore_index, temperature, disallow_correct, precision,
-                 interpret=False):
+                 interpret=False, blocks=None):
     """hidden [N, H], weight [V, H], bias [V] | None (float16/bfloat16/float32, any strides), targets [N] int64.
-    Returns (lse [N], target_logit [N], predicted [N] int64, chunk_lse [N, ceil(V / 128)]), float32."""
+    Returns (lse [N], target_logit [N], predicted [N] int64, chunk_lse [N, ceil(V / 128)]), float32.
+    `blocks` = (BLOCK_N, BLOCK_V, BLOCK_H, num_warps) overrides the launcher's choice."""
     n, h = hidden.shape
     v = weight.shape[0]
     n_chunks = triton.cdiv(v, 128)
@@ -71,6 +72,8 @@ def head_forward(hidden, weight, bias, targets, *, ignore_index, temperature, di
         block_n, block_v, block_h, warps = 16, 256, triton.next_power_of_2(max(h, 16)), 4
     else:  # float32 tiles take twice the registers: fewer rows keep them from spilling
         block_n, block_v, block_h, warps = (32 if fp32 else 64), 128, 64, 8
+    if blocks is not None:
+        block_n, block_v, block_h, warps = blocks
     _head_forward_kernel[(triton.cdiv(n, block_n),)](
         hidden, *hidden.stride(), weight, *weight.stride(), bias if bias is not None else weight, targets,
         lse, target_logit, predicted, chunk_lse, n, v, h, n_chunks, ignore_index, temperature,

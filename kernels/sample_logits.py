@@ -25,7 +25,7 @@ def _logits_forward_kernel(logits_ptr, stride_n, stride_v, targets_ptr, lse_ptr,
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         ok = row_ok[:, None] & (cols[None, :] < V)
-        x = tl.load(logits_ptr + rows[:, None] * stride_n + cols[None, :] * stride_v, mask=ok,
+        x = tl.load(logits_ptr + rows[:, None] * stride_n + cols.to(tl.int64)[None, :] * stride_v, mask=ok,
                     other=float("-inf")).to(tl.float32)
         m, s, target_logit, best, best_id, nan_seen, chunk_lse = fold_logits_tile(
             x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,

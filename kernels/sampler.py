@@ -68,9 +68,10 @@ def _sample_kernel(chunk_lse_ptr, n_chunks, seed_ptr, targets_ptr, ignore_index,
 
 def sample(chunk_lse: torch.Tensor, seed: torch.Tensor, targets: torch.Tensor, ignore_index: int,
            temperature: float, disallow_correct: bool, vocab: int, *, logits=None, hidden=None, weight=None,
-           bias=None, interpret: bool = False) -> torch.Tensor:
+           bias=None, interpret: bool = False, blocks=None) -> torch.Tensor:
     """Samples [N] int64 from chunk log-masses [N, C] float32 (contiguous) and either logits [N, V] or
-    (hidden [N, H], weight [V, H], bias [V] contiguous | None); seed is a 1-element int64 tensor on the device."""
+    (hidden [N, H], weight [V, H], bias [V] contiguous | None); seed is a 1-element int64 tensor on the device.
+    `blocks` = (ROWS, BLOCK_C, BLOCK_H) overrides the launcher's choice."""
     n, n_chunks = chunk_lse.shape
     sampled = torch.empty(n, dtype=torch.int64, device=chunk_lse.device)
     if n == 0:
@@ -81,6 +82,8 @@ def sample(chunk_lse: torch.Tensor, seed: torch.Tensor, targets: torch.Tensor, i
         rows, block_c, block_h = 32, 256, triton.next_power_of_2(max(hidden_size, 16))
     else:
         rows, block_c, block_h = 2, 128, 32
+    if blocks is not None:
+        rows, block_c, block_h = blocks
     unused = chunk_lse
     _sample_kernel[(triton.cdiv(n, rows),)](
         chunk_lse, n_chunks, seed, targets, ignore_index, temperature,

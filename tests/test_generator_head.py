@@ -191,3 +191,27 @@ def test_float64_inputs_give_float64_loss(target):
     loss, _, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets)
     t_loss, _, _, _ = _truth(hidden, weight, bias, targets, "mean")
     assert loss.dtype == torch.float64 and rel_err(loss.cpu(), t_loss) <= 1e-5
+
+
+def test_triton_samples_do_not_depend_on_block_sizes(target):
+    backend, device = target
+    if backend != "triton":
+        pytest.skip("block sizes are a Triton launcher setting")
+    from electra_fast.kernels import generator_head, sampler
+
+    hidden, weight, bias, targets = head_inputs(37, 32, 1031, device=device, ignored_every=5, scale=3.0)
+    seed = torch.tensor([int(torch.randint(0, 2**62, ()))], device=device)
+    results = []
+    for head_blocks, sampler_blocks in (((16, 128, 16, 4), (1, 128, 16)), ((32, 512, 32, 4), (8, 256, 32))):
+        lse, _, predicted, chunk_lse = generator_head.head_forward(
+            hidden, weight, bias, targets, ignore_index=-100, temperature=0.8, disallow_correct=True,
+            precision="ieee", interpret=interpreted(backend), blocks=head_blocks)
+        sampled = sampler.sample(chunk_lse, seed, targets, -100, 0.8, True, 1031, hidden=hidden, weight=weight,
+                                 bias=bias, interpret=interpreted(backend), blocks=sampler_blocks)
+        results.append((lse, predicted, chunk_lse, sampled))
+    (lse_a, pred_a, chunks_a, sampled_a), (lse_b, pred_b, chunks_b, sampled_b) = results
+    assert torch.allclose(lse_a, lse_b, rtol=1e-6) and torch.allclose(chunks_a, chunks_b, rtol=1e-6)
+    assert torch.equal(pred_a, pred_b)
+    logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(), bias.cpu().double())
+    assert_samples_match(sampled_a, sampled_b, logits, targets.cpu(), seed=int(seed), temperature=0.8,
+                         disallow_correct=True)
