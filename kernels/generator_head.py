@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .helpers import dot, finish_rows, fold_logits_tile
+from .helpers import empty_row_state, finish_rows, fold_logits_tile, logits_tile, store_chunk_lse
 
 
 @triton.jit
@@ -20,35 +20,16 @@ def _head_forward_kernel(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv
     targets = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
     valid = targets != ignore_index
 
-    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_N], tl.float32)
-    target_logit = tl.zeros([BLOCK_N], tl.float32)
-    best = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    best_id = tl.zeros([BLOCK_N], tl.int32)
-    nan_seen = tl.zeros([BLOCK_N], tl.int1)
+    m, s, target_logit, best, best_id, nan_seen = empty_row_state(BLOCK_N)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
-        col_ok = cols < V
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k0 in range(0, H, BLOCK_H):
-            ks = k0 + tl.arange(0, BLOCK_H)
-            h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
-                        mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
-            w = tl.load(weight_ptr + cols.to(tl.int64)[None, :] * stride_wv + ks[:, None] * stride_wk,
-                        mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
-            if FP32:
-                h = h.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = dot(h, w, acc, FP32, PRECISION)
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        x = tl.where(col_ok[None, :], acc, float("-inf"))
+        acc = logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, rows,
+                          cols.to(tl.int64), N, V, H, HAS_BIAS, FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        x = tl.where((cols < V)[None, :], acc, float("-inf"))
         m, s, target_logit, best, best_id, nan_seen, chunk_lse = fold_logits_tile(
             x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,
             DISALLOW, BLOCK_N, BLOCK_V)
-        chunks = v0 // 128 + tl.arange(0, BLOCK_V // 128)
-        tl.store(chunk_lse_ptr + rows[:, None] * n_chunks + chunks[None, :], chunk_lse,
-                 mask=row_ok[:, None] & (chunks[None, :] < n_chunks))
+        store_chunk_lse(chunk_lse_ptr, chunk_lse, rows, row_ok, v0, n_chunks, BLOCK_V)
     finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, lse_ptr, target_logit_ptr, predicted_ptr)
 
 

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .helpers import dot
+from .helpers import dot, logits_tile
 
 
 @triton.jit
@@ -19,19 +19,8 @@ def _grad_logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, s
     tensors and on ignored rows (row_scale 0)."""
     row_ok = rows < N
     col_ok = cols < V
-    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_H):
-        ks = k0 + tl.arange(0, BLOCK_H)
-        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
-                    mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
-        w = tl.load(weight_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
-                    mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
-        if FP32:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = dot(h, w, acc, FP32, PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    acc = logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, rows, cols, N, V,
+                      H, HAS_BIAS, FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
     targets = tl.load(targets_ptr + rows, mask=row_ok, other=-1)

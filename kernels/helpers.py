@@ -50,6 +50,46 @@ def dot(a, b, acc, FP32: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, rows, cols, N, V, H,
+                HAS_BIAS: tl.constexpr, FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """hidden[rows] @ weight[cols].T (+ bias[cols]) as float32 [BLOCK_N, BLOCK_V], by tl.dot over H in BLOCK_H
+    steps; rows and cols are int64, entries outside the tensors are computed from zeros."""
+    row_ok = rows < N
+    col_ok = cols < V
+    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + tl.arange(0, BLOCK_H)
+        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
+                    mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
+        w = tl.load(weight_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
+                    mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
+        if FP32:
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = dot(h, w, acc, FP32, PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def empty_row_state(BLOCK_N: tl.constexpr):
+    """The forward fold's per-row state before the first tile: (max, sum, target logit, best, best id, NaN)."""
+    return (tl.full([BLOCK_N], float("-inf"), tl.float32), tl.zeros([BLOCK_N], tl.float32),
+            tl.zeros([BLOCK_N], tl.float32), tl.full([BLOCK_N], float("-inf"), tl.float32),
+            tl.zeros([BLOCK_N], tl.int32), tl.zeros([BLOCK_N], tl.int1))
+
+
+@triton.jit
+def store_chunk_lse(chunk_lse_ptr, chunk_lse, rows, row_ok, v0, n_chunks, BLOCK_V: tl.constexpr):
+    """Writes one tile's chunk log-masses [BLOCK_N, BLOCK_V // 128] to chunk_lse [N, n_chunks]."""
+    chunks = v0 // 128 + tl.arange(0, BLOCK_V // 128)
+    tl.store(chunk_lse_ptr + rows[:, None] * n_chunks + chunks[None, :], chunk_lse,
+             mask=row_ok[:, None] & (chunks[None, :] < n_chunks))
+
+
+@triton.jit
 def fold_logits_tile(x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,
                      DISALLOW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
     """Folds one logits tile x [BLOCK_N, BLOCK_V] (float32, -inf past the vocabulary) of ids `cols` into the

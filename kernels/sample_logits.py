@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .helpers import finish_rows, fold_logits_tile
+from .helpers import empty_row_state, finish_rows, fold_logits_tile, store_chunk_lse
 
 
 @triton.jit
@@ -16,12 +16,7 @@ def _logits_forward_kernel(logits_ptr, stride_n, stride_v, targets_ptr, lse_ptr,
     targets = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
     valid = targets != ignore_index
 
-    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_N], tl.float32)
-    target_logit = tl.zeros([BLOCK_N], tl.float32)
-    best = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    best_id = tl.zeros([BLOCK_N], tl.int32)
-    nan_seen = tl.zeros([BLOCK_N], tl.int1)
+    m, s, target_logit, best, best_id, nan_seen = empty_row_state(BLOCK_N)
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         ok = row_ok[:, None] & (cols[None, :] < V)
@@ -30,9 +25,7 @@ def _logits_forward_kernel(logits_ptr, stride_n, stride_v, targets_ptr, lse_ptr,
         m, s, target_logit, best, best_id, nan_seen, chunk_lse = fold_logits_tile(
             x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,
             DISALLOW, BLOCK_N, BLOCK_V)
-        chunks = v0 // 128 + tl.arange(0, BLOCK_V // 128)
-        tl.store(chunk_lse_ptr + rows[:, None] * n_chunks + chunks[None, :], chunk_lse,
-                 mask=row_ok[:, None] & (chunks[None, :] < n_chunks))
+        store_chunk_lse(chunk_lse_ptr, chunk_lse, rows, row_ok, v0, n_chunks, BLOCK_V)
     finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, lse_ptr, target_logit_ptr, predicted_ptr)
 
 
