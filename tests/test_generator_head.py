@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 import electra_fast
 from electra_fast import reference
@@ -215,3 +216,23 @@ def test_triton_samples_do_not_depend_on_block_sizes(target):
     logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(), bias.cpu().double())
     assert_samples_match(sampled_a, sampled_b, logits, targets.cpu(), seed=int(seed), temperature=0.8,
                          disallow_correct=True)
+
+
+@given(n=st.integers(0, 24), h=st.integers(1, 40), v=st.integers(2, 700), with_bias=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]), ignored_every=st.integers(0, 4),
+       seed=st.integers(0, 2**63 - 1))
+@settings(max_examples=30, deadline=None)
+def test_cpp_matches_reference_on_any_shape(n, h, v, with_bias, reduction, ignored_every, seed):
+    with electra_fast.use_backend("cpp"):
+        hidden, weight, bias, targets = head_inputs(n, h, v, bias=with_bias, ignored_every=ignored_every, scale=3.0,
+                                                    generator=torch.Generator().manual_seed(seed % 2**32))
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
+        loss, sampled, _ = electra_fast.generator_loss_and_sample(
+            leaves[0], leaves[1], leaves[2] if with_bias else None, targets, seed=seed, reduction=reduction)
+        grads = torch.autograd.grad(loss.sum(), leaves) if n else []
+    t_loss, t_grads, t_sampled, _ = _truth(hidden, weight, bias, targets, reduction, seed=seed)
+    assert rel_err(loss, t_loss) <= 1e-5
+    for g, tg in zip(grads, t_grads):
+        assert rel_err(g, tg) <= 1e-5
+    logits = reference.head_logits(hidden.double(), weight.double(), None if bias is None else bias.double())
+    assert_samples_match(sampled, t_sampled, logits, seed=seed)
