@@ -33,3 +33,23 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], atol=1e-6), key
     assert (tmp_path / "a" / "discriminator" / "discriminator.pt").exists()
+
+
+def test_two_processes_through_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_available():
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "electra_fast.cli",
+           "pretrain", "--num-layers", "1", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--vocab-size",
+           "300", "--out", str(tmp_path / "ddp")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoint.pt").exists()
+    assert "step 2: loss" in run.stdout
+
+
+def test_step_seeds_differ_by_rank_and_step():
+    seeds = {trainer.step_seed(0, step, rank) for step in range(50) for rank in range(8)}
+    assert len(seeds) == 400
