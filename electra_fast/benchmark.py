@@ -148,7 +148,8 @@ def head_peers(device) -> dict:
     try:
         from cut_cross_entropy import linear_cross_entropy
 
-        peers["cce (loss only)"] = lambda h, w, b, t: (linear_cross_entropy(h, w, t, impl="torch_compile"), None)
+        impl = "cce" if device.type == "cuda" else "torch_compile"  # its Triton kernels, or its CPU path
+        peers["cce (loss only)"] = lambda h, w, b, t: (linear_cross_entropy(h, w, t, impl=impl), None)
     except ImportError:
         pass
     if device.type != "cuda":
