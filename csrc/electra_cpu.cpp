@@ -233,12 +233,14 @@ void sample_rows(uintptr_t chunk_lse_p, int64_t rows, int64_t n_chunks, int64_t 
 
 // ---------------------------------------------------------------------------------------------------------
 // Fused head, backward epilogue: overwrites a logits tile [rows, width] (ids [v0, v0 + width)) in place with
-// d loss / d logits = (softmax - onehot(target)) * row_scale; ignored rows get exact zeros.
+// d loss / d logits = (softmax - onehot(target)) * row_scale; ignored rows get exact zeros. stats [rows, 2] holds
+// each row's max and log of the sum of exp(x - max): softmax = exp((x - max) - log_sum) keeps the precision of
+// confident rows, which exp(x - logsumexp) would lose to the rounding of logsumexp.
 void head_backward_tile(uintptr_t logits_p, int64_t rows, int64_t width, int64_t v0, uintptr_t targets_p,
-                        int64_t ignore_index, uintptr_t lse_p, uintptr_t row_scale_p, int num_threads) {
+                        int64_t ignore_index, uintptr_t stats_p, uintptr_t row_scale_p, int num_threads) {
   float* g = ptr<float>(logits_p);
   const int64_t* targets = ptr<int64_t>(targets_p);
-  const float *lse = ptr<float>(lse_p), *row_scale = ptr<float>(row_scale_p);
+  const float *stats = ptr<float>(stats_p), *row_scale = ptr<float>(row_scale_p);
   py::gil_scoped_release release;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t r = 0; r < rows; ++r) {
@@ -248,9 +250,9 @@ void head_backward_tile(uintptr_t logits_p, int64_t rows, int64_t width, int64_t
       std::memset(x, 0, sizeof(float) * width);
       continue;
     }
-    const float l = lse[r], scale = row_scale[r];
+    const float row_max = stats[2 * r], log_sum = stats[2 * r + 1], scale = row_scale[r];
 #pragma omp simd
-    for (int64_t k = 0; k < width; ++k) x[k] = fast_exp(x[k] - l) * scale;
+    for (int64_t k = 0; k < width; ++k) x[k] = fast_exp((x[k] - row_max) - log_sum) * scale;
     if (target >= v0 && target < v0 + width) x[target - v0] -= scale;
   }
 }

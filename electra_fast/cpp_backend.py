@@ -59,13 +59,15 @@ class _RowState:
 
     def finish(self, targets, seed, temperature, disallow_correct, ignore_index, reduction, loss_dtype,
                logits=None, hidden=None, weight=None, bias=None):
-        """Loss, samples, argmax and the per-row log-sum-exp. The sampler's stage 2 reads `logits` [N, V] when
-        given, else recomputes the chosen chunk from hidden, weight, bias (float32, contiguous)."""
+        """Loss, samples, argmax and the softmax statistics [N, 2] (max, log sum exp(x - max)) the backward
+        uses. The sampler's stage 2 reads `logits` [N, V] when given, else recomputes the chosen chunk from hidden,
+        weight, bias (float32, contiguous)."""
         n = targets.shape[0]
-        lse = self.run_max + torch.log(self.run_sum)
-        lse = torch.where(self.nan.bool(), torch.full((), float("nan")), lse)
+        log_sum = torch.where(self.nan.bool(), torch.full((), float("nan")), torch.log(self.run_sum))
+        stats = torch.stack([self.run_max, log_sum], dim=1)
         valid = targets != ignore_index
-        per_row = torch.where(valid, lse - self.target_logit, torch.zeros(()))
+        # log_sum + (max - target) rather than logsumexp - target: no cancellation when the target dominates.
+        per_row = torch.where(valid, log_sum + (self.run_max - self.target_logit), torch.zeros(()))
         loss = reduce_rows(per_row.to(loss_dtype), valid, reduction)
         sampled = torch.empty(n, dtype=torch.int64)
         vocab = logits.shape[1] if logits is not None else weight.shape[0]
@@ -73,7 +75,7 @@ class _RowState:
                        targets.data_ptr(), ignore_index, disallow_correct, _address(logits), _address(hidden),
                        _address(weight), _address(bias), 0 if hidden is None else hidden.shape[1],
                        sampled.data_ptr(), _threads())
-        return loss, sampled, self.best_id, lse
+        return loss, sampled, self.best_id, stats
 
 
 def _tiles(rows: int, vocab: int):
@@ -103,7 +105,7 @@ def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_corr
                         compute_dtype(hidden, weight, bias), hidden=h, weight=w, bias=b)
 
 
-def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction):
+def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
     h, w, b = _f32(hidden), _f32(weight), _f32(bias)
     targets = targets.contiguous()
     scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
@@ -112,10 +114,10 @@ def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, r
     grad_w = torch.empty_like(w)
     grad_b = None if b is None else torch.empty_like(b)
     tiles, buffer = _tiles(n, vocab)
-    lse = lse.contiguous()
+    stats = stats.contiguous()
     for v0, width in tiles:
         g = _tile_logits(buffer, h, w, b, v0, width)
-        _C.head_backward_tile(g.data_ptr(), n, width, v0, targets.data_ptr(), ignore_index, lse.data_ptr(),
+        _C.head_backward_tile(g.data_ptr(), n, width, v0, targets.data_ptr(), ignore_index, stats.data_ptr(),
                               scale.data_ptr(), _threads())
         grad_h.addmm_(g, w[v0:v0 + width])
         torch.mm(g.T, h, out=grad_w[v0:v0 + width])
@@ -135,12 +137,12 @@ def logits_forward(logits, targets, seed, temperature, disallow_correct, ignore_
                         compute_dtype(logits), logits=z)
 
 
-def logits_backward(grad_loss, logits, targets, lse, ignore_index, reduction):
+def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     g = logits.to(torch.float32, copy=True).contiguous()
     targets = targets.contiguous()
     scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
     _C.head_backward_tile(g.data_ptr(), g.shape[0], g.shape[1], 0, targets.data_ptr(), ignore_index,
-                          lse.contiguous().data_ptr(), scale.data_ptr(), _threads())
+                          stats.contiguous().data_ptr(), scale.data_ptr(), _threads())
     return g
 
 

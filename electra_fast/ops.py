@@ -4,10 +4,13 @@
 Every backend module offers the same functions:
 
     head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction)
-        -> loss, sampled, predicted, lse
-    head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction) -> dh, dw, db
-    logits_forward(logits, targets | None, seed, ...) -> loss (None without targets), sampled, predicted, lse
-    logits_backward(grad_loss, logits, targets, lse, ignore_index, reduction) -> dlogits
+        -> loss, sampled, predicted, stats
+    head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction) -> dh, dw, db
+    logits_forward(logits, targets | None, seed, ...) -> loss (None without targets), sampled, predicted, stats
+    logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction) -> dlogits
+
+stats [N, 2] float32 are each row's softmax statistics, (max, log sum exp(logits - max)), which the backward
+uses; the ops return them as an extra output that the public wrappers hide.
     replace(input_ids, positions, sampled) -> is_replaced          (mutates input_ids)
     rtd_forward(logits, is_replaced, attention_mask, reduction) -> loss, dloss/dlogits
 
@@ -115,11 +118,12 @@ class _ReferenceBackend:
         loss, sampled, predicted = reference.sample_logits(
             logits, targets, seed, temperature=temperature, disallow_correct=disallow_correct,
             ignore_index=ignore_index, reduction=reduction)
-        lse = torch.logsumexp(logits.to(torch.float32), dim=-1)
-        return loss, sampled, predicted, lse
+        z = logits.to(torch.float32)
+        row_max = z.amax(dim=-1)
+        return loss, sampled, predicted, torch.stack([row_max, torch.logsumexp(z, dim=-1) - row_max], dim=1)
 
     @staticmethod
-    def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction):
+    def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
         dtype = compute_dtype(hidden, weight, bias)
         g = reference.cross_entropy_grad(reference.head_logits(hidden, weight, bias), targets, grad_loss,
                                          ignore_index, reduction)
@@ -127,7 +131,7 @@ class _ReferenceBackend:
         return g @ weight.to(dtype), g.T @ hidden.to(dtype), db
 
     @staticmethod
-    def logits_backward(grad_loss, logits, targets, lse, ignore_index, reduction):
+    def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
         return reference.cross_entropy_grad(logits.to(compute_dtype(logits)), targets, grad_loss, ignore_index,
                                             reduction)
 
@@ -189,12 +193,11 @@ def _cast_grad(grad: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tenso
 def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                               seed: Tensor, temperature: float, disallow_correct: bool, ignore_index: int,
                               reduction: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused head: (loss, sampled [N], predicted [N], lse [N] float32). See `electra_fast.generator_loss_and_sample`."""
+    """Fused head: (loss, sampled [N], predicted [N], stats [N, 2]). See `electra_fast.generator_loss_and_sample`."""
     _check_ids("targets", targets, weight.shape[0], ignore_index)
     backend = backend_for(hidden.device)
-    loss, sampled, predicted, lse = backend.head_forward(hidden, weight, bias, targets, seed, temperature,
-                                                         disallow_correct, ignore_index, reduction)
-    return loss, sampled, predicted, lse
+    return backend.head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index,
+                                reduction)
 
 
 @generator_loss_and_sample.register_fake
@@ -202,23 +205,23 @@ def _(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore
     n = hidden.shape[0]
     loss = hidden.new_empty(_loss_shape(n, reduction), dtype=compute_dtype(hidden, weight, bias))
     ids = hidden.new_empty((n,), dtype=torch.int64)
-    return loss, ids, torch.empty_like(ids), hidden.new_empty((n,), dtype=torch.float32)
+    return loss, ids, torch.empty_like(ids), hidden.new_empty((n, 2), dtype=torch.float32)
 
 
 @torch.library.custom_op("electra_fast::generator_head_backward", mutates_args=())
 def generator_head_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
-                            targets: Tensor, lse: Tensor, ignore_index: int,
+                            targets: Tensor, stats: Tensor, ignore_index: int,
                             reduction: str) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the fused head's loss: (d hidden, d weight, d bias or an empty tensor), each in its input's
     dtype."""
     backend = backend_for(hidden.device)
-    dh, dw, db = backend.head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction)
+    dh, dw, db = backend.head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction)
     db = hidden.new_empty((0,)) if db is None else db.to(bias.dtype)
     return dh.to(hidden.dtype), dw.to(weight.dtype), db
 
 
 @generator_head_backward.register_fake
-def _(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction):
+def _(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
     db = hidden.new_empty((0,)) if bias is None else torch.empty_like(bias)
     return torch.empty_like(hidden), torch.empty_like(weight), db
 
@@ -229,9 +232,9 @@ def _head_setup_context(ctx, inputs, output):
     ctx.ignore_index, ctx.reduction = ignore_index, reduction
 
 
-def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_lse):
-    hidden, weight, bias, targets, lse = ctx.saved_tensors
-    dh, dw, db = generator_head_backward(grad_loss, hidden, weight, bias, targets, lse, ctx.ignore_index,
+def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats):
+    hidden, weight, bias, targets, stats = ctx.saved_tensors
+    dh, dw, db = generator_head_backward(grad_loss, hidden, weight, bias, targets, stats, ctx.ignore_index,
                                          ctx.reduction)
     return dh, dw, (db if bias is not None else None), None, None, None, None, None, None
 
@@ -246,14 +249,14 @@ generator_loss_and_sample.register_autograd(_head_backward, setup_context=_head_
 @torch.library.custom_op("electra_fast::sample_logits", mutates_args=())
 def sample_logits(logits: Tensor, targets: Optional[Tensor], seed: Tensor, temperature: float,
                   disallow_correct: bool, ignore_index: int, reduction: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(loss, sampled, predicted, lse) of logits [N, V]; the loss is 0 when targets is None."""
+    """(loss, sampled, predicted, stats) of logits [N, V]; the loss is 0 when targets is None."""
     if targets is not None:
         _check_ids("targets", targets, logits.shape[1], ignore_index)
-    loss, sampled, predicted, lse = backend_for(logits.device).logits_forward(
+    loss, sampled, predicted, stats = backend_for(logits.device).logits_forward(
         logits, targets, seed, temperature, disallow_correct, ignore_index, reduction)
     if loss is None:
         loss = logits.new_zeros(_loss_shape(logits.shape[0], reduction), dtype=compute_dtype(logits))
-    return loss, sampled, predicted, lse
+    return loss, sampled, predicted, stats
 
 
 @sample_logits.register_fake
@@ -261,19 +264,19 @@ def _(logits, targets, seed, temperature, disallow_correct, ignore_index, reduct
     n = logits.shape[0]
     ids = logits.new_empty((n,), dtype=torch.int64)
     return (logits.new_empty(_loss_shape(n, reduction), dtype=compute_dtype(logits)), ids, torch.empty_like(ids),
-            logits.new_empty((n,), dtype=torch.float32))
+            logits.new_empty((n, 2), dtype=torch.float32))
 
 
 @torch.library.custom_op("electra_fast::sample_logits_backward", mutates_args=())
-def sample_logits_backward(grad_loss: Tensor, logits: Tensor, targets: Tensor, lse: Tensor, ignore_index: int,
+def sample_logits_backward(grad_loss: Tensor, logits: Tensor, targets: Tensor, stats: Tensor, ignore_index: int,
                            reduction: str) -> Tensor:
     """d loss / d logits, in the logits' dtype."""
-    grad = backend_for(logits.device).logits_backward(grad_loss, logits, targets, lse, ignore_index, reduction)
+    grad = backend_for(logits.device).logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction)
     return grad.to(logits.dtype)
 
 
 @sample_logits_backward.register_fake
-def _(grad_loss, logits, targets, lse, ignore_index, reduction):
+def _(grad_loss, logits, targets, stats, ignore_index, reduction):
     return torch.empty_like(logits)
 
 
@@ -283,11 +286,11 @@ def _logits_setup_context(ctx, inputs, output):
     ctx.ignore_index, ctx.reduction = ignore_index, reduction
 
 
-def _logits_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_lse):
-    logits, targets, lse = ctx.saved_tensors
+def _logits_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats):
+    logits, targets, stats = ctx.saved_tensors
     if targets is None:
         return None, None, None, None, None, None, None
-    grad = sample_logits_backward(grad_loss, logits, targets, lse, ctx.ignore_index, ctx.reduction)
+    grad = sample_logits_backward(grad_loss, logits, targets, stats, ctx.ignore_index, ctx.reduction)
     return grad, None, None, None, None, None, None
 
 

@@ -30,29 +30,29 @@ def _seed_on(seed: torch.Tensor, device: torch.device) -> torch.Tensor:
     return seed.to(device, non_blocking=True).reshape(1)
 
 
-def _loss(lse, target_logit, targets, ignore_index, reduction, dtype):
+def _loss(row_loss, targets, ignore_index, reduction, dtype):
     valid = targets != ignore_index
-    per_row = torch.where(valid, lse - target_logit, torch.zeros((), device=lse.device))
+    per_row = torch.where(valid, row_loss, torch.zeros((), device=row_loss.device))
     return reduce_rows(per_row.to(dtype), valid, reduction)
 
 
 def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction):
     targets = targets.contiguous()
     h, w, b = _kernel_dtype(hidden), _kernel_dtype(weight), _bias(bias)
-    lse, target_logit, predicted, chunk_lse = generator_head.head_forward(
+    stats, row_loss, predicted, chunk_lse = generator_head.head_forward(
         h, w, b, targets, ignore_index=ignore_index, temperature=temperature, disallow_correct=disallow_correct,
         precision=_precision(), interpret=TRITON_INTERPRET)
     sampled = sampler.sample(chunk_lse, _seed_on(seed, h.device), targets, ignore_index, temperature,
                              disallow_correct, w.shape[0], hidden=h, weight=w, bias=b, interpret=TRITON_INTERPRET)
-    loss = _loss(lse, target_logit, targets, ignore_index, reduction, compute_dtype(hidden, weight, bias))
-    return loss, sampled, predicted, lse
+    loss = _loss(row_loss, targets, ignore_index, reduction, compute_dtype(hidden, weight, bias))
+    return loss, sampled, predicted, stats
 
 
-def head_backward(grad_loss, hidden, weight, bias, targets, lse, ignore_index, reduction):
+def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
     targets = targets.contiguous()
     scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
     return generator_head_backward.head_backward(
-        _kernel_dtype(hidden), _kernel_dtype(weight), _bias(bias), targets, lse, scale,
+        _kernel_dtype(hidden), _kernel_dtype(weight), _bias(bias), targets, stats, scale,
         precision=_precision(), interpret=TRITON_INTERPRET)
 
 
@@ -64,19 +64,19 @@ def logits_forward(logits, targets, seed, temperature, disallow_correct, ignore_
     else:
         targets = torch.full((z.shape[0],), ignore_index, dtype=torch.int64, device=z.device)
     disallow_correct = disallow_correct and has_targets
-    lse, target_logit, predicted, chunk_lse = sample_logits.logits_forward(
+    stats, row_loss, predicted, chunk_lse = sample_logits.logits_forward(
         z, targets, ignore_index=ignore_index, temperature=temperature, disallow_correct=disallow_correct,
         interpret=TRITON_INTERPRET)
     sampled = sampler.sample(chunk_lse, _seed_on(seed, z.device), targets, ignore_index, temperature,
                              disallow_correct, z.shape[1], logits=z, interpret=TRITON_INTERPRET)
-    loss = _loss(lse, target_logit, targets, ignore_index, reduction, compute_dtype(logits)) if has_targets else None
-    return loss, sampled, predicted, lse
+    loss = _loss(row_loss, targets, ignore_index, reduction, compute_dtype(logits)) if has_targets else None
+    return loss, sampled, predicted, stats
 
 
-def logits_backward(grad_loss, logits, targets, lse, ignore_index, reduction):
+def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     targets = targets.contiguous()
     scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
-    return sample_logits.logits_backward(_kernel_dtype(logits), targets, lse, scale, interpret=TRITON_INTERPRET)
+    return sample_logits.logits_backward(_kernel_dtype(logits), targets, stats, scale, interpret=TRITON_INTERPRET)
 
 
 def replace(input_ids, positions, sampled):

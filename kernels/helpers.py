@@ -123,9 +123,12 @@ def fold_logits_tile(x, cols, targets, valid, temperature, m, s, target_logit, b
 
 
 @triton.jit
-def finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, lse_ptr, target_logit_ptr, predicted_ptr):
-    """Stores the per-row results of the forward fold: log-sum-exp (NaN if any logit was), target logit, argmax."""
-    lse = tl.where(nan_seen, float("nan"), m + tl.log(s))
-    tl.store(lse_ptr + rows, lse, mask=row_ok)
-    tl.store(target_logit_ptr + rows, target_logit, mask=row_ok)
+def finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, stats_ptr, row_loss_ptr, predicted_ptr):
+    """Stores the per-row results of the forward fold: the softmax statistics (max, log of the sum of exp(x - max),
+    NaN if any logit was), the cross-entropy log(sum) + (max - target logit) — accurate for confident rows, where
+    log-sum-exp minus the target logit would cancel — and the argmax."""
+    log_sum = tl.where(nan_seen, float("nan"), tl.log(s))
+    tl.store(stats_ptr + rows * 2, m, mask=row_ok)
+    tl.store(stats_ptr + rows * 2 + 1, log_sum, mask=row_ok)
+    tl.store(row_loss_ptr + rows, log_sum + (m - target_logit), mask=row_ok)
     tl.store(predicted_ptr + rows, best_id.to(tl.int64), mask=row_ok)

@@ -1,4 +1,6 @@
 """The fused generator head against the float64 reference (SPEC §4)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,14 +79,27 @@ def test_temperature_and_disallow_correct(target, temperature, disallow_correct)
         assert not (sampled[valid] == targets[valid]).any()
 
 
-def test_same_seed_same_sample_and_bitwise_repeatable(target):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_same_seed_same_sample_and_repeatable(target, deterministic):
+    """Same inputs and seed: the same samples and loss; bit-identical gradients on the CPU, and on CUDA under
+    torch.use_deterministic_algorithms(True) (atomics may change the last bits otherwise, SPEC §4)."""
     backend, device = target
-    hidden, weight, bias, targets = head_inputs(33, 16, 513, device=device, scale=2.0)
+    hidden, weight, bias, targets = head_inputs(33, 16, 513, device=device, scale=2.0, ignored_every=4)
     runs = []
-    for _ in range(2):
-        leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
-        loss, sampled, predicted = electra_fast.generator_loss_and_sample(*leaves, targets, seed=77)
-        runs.append((loss, sampled, predicted, *torch.autograd.grad(loss, leaves)))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        for _ in range(2):
+            leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+            loss, sampled, predicted = electra_fast.generator_loss_and_sample(*leaves, targets, seed=77)
+            runs.append((loss, sampled, predicted, *torch.autograd.grad(loss, leaves)))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    t_loss, t_grads, _, _ = _truth(hidden, weight, bias, targets, "mean", seed=77)
+    for g, tg in zip(runs[0][3:], t_grads):
+        assert rel_err(g.cpu(), tg) <= 1e-5
+    if device.type == "cuda" and not deterministic:
+        runs = [r[:3] for r in runs]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     _, other, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=78)
@@ -204,14 +219,14 @@ def test_triton_samples_do_not_depend_on_block_sizes(target):
     seed = torch.tensor([int(torch.randint(0, 2**62, ()))], device=device)
     results = []
     for head_blocks, sampler_blocks in (((16, 128, 16, 4), (1, 128, 16)), ((32, 512, 32, 4), (8, 256, 32))):
-        lse, _, predicted, chunk_lse = generator_head.head_forward(
+        stats, _, predicted, chunk_lse = generator_head.head_forward(
             hidden, weight, bias, targets, ignore_index=-100, temperature=0.8, disallow_correct=True,
             precision="ieee", interpret=interpreted(backend), blocks=head_blocks)
         sampled = sampler.sample(chunk_lse, seed, targets, -100, 0.8, True, 1031, hidden=hidden, weight=weight,
                                  bias=bias, interpret=interpreted(backend), blocks=sampler_blocks)
-        results.append((lse, predicted, chunk_lse, sampled))
-    (lse_a, pred_a, chunks_a, sampled_a), (lse_b, pred_b, chunks_b, sampled_b) = results
-    assert torch.allclose(lse_a, lse_b, rtol=1e-6) and torch.allclose(chunks_a, chunks_b, rtol=1e-6)
+        results.append((stats, predicted, chunk_lse, sampled))
+    (stats_a, pred_a, chunks_a, sampled_a), (stats_b, pred_b, chunks_b, sampled_b) = results
+    assert torch.allclose(stats_a, stats_b, rtol=1e-5) and torch.allclose(chunks_a, chunks_b, rtol=1e-5)
     assert torch.equal(pred_a, pred_b)
     logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(), bias.cpu().double())
     assert_samples_match(sampled_a, sampled_b, logits, targets.cpu(), seed=int(seed), temperature=0.8,
@@ -231,8 +246,18 @@ def test_cpp_matches_reference_on_any_shape(n, h, v, with_bias, reduction, ignor
             leaves[0], leaves[1], leaves[2] if with_bias else None, targets, seed=seed, reduction=reduction)
         grads = torch.autograd.grad(loss.sum(), leaves) if n else []
     t_loss, t_grads, t_sampled, _ = _truth(hidden, weight, bias, targets, reduction, seed=seed)
-    assert rel_err(loss, t_loss) <= 1e-5
-    for g, tg in zip(grads, t_grads):
-        assert rel_err(g, tg) <= 1e-5
+    # SPEC §4: no further from the float64 truth than eager PyTorch in float32, plus 1e-5 (confident rows of
+    # tiny vocabularies make float32 itself lose digits: the loss is then a small difference of logits).
+    eager_leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
+    eager = F.cross_entropy(F.linear(eager_leaves[0], eager_leaves[1], eager_leaves[2] if with_bias else None),
+                            targets, reduction=reduction)
+    eager_grads = torch.autograd.grad(eager.sum(), eager_leaves) if n else []
+    def allowed(eager_value, truth):  # eager's mean over no row is NaN; ours is defined as 0
+        err = rel_err(eager_value, truth)
+        return 1e-5 + (err if math.isfinite(err) else 0.0)
+
+    assert rel_err(loss, t_loss) <= allowed(eager, t_loss)
+    for g, eg, tg in zip(grads, eager_grads, t_grads):
+        assert rel_err(g, tg) <= allowed(eg, tg)
     logits = reference.head_logits(hidden.double(), weight.double(), None if bias is None else bias.double())
     assert_samples_match(sampled, t_sampled, logits, seed=seed)
