@@ -69,10 +69,6 @@ def set_value_checks(enabled: bool) -> None:
     _settings["value_checks"] = bool(enabled)
 
 
-def _reference_backend():
-    return _ReferenceBackend
-
-
 def _cpp_backend():
     from . import cpp_backend
 
@@ -91,7 +87,7 @@ def backend_for(device: torch.device):
     if name == "auto":
         name = "triton" if device.type == "cuda" else "cpp"
     if name == "reference":
-        return _reference_backend()
+        return _ReferenceBackend
     if name == "cpp":
         if device.type != "cpu":
             raise ValueError(f"backend 'cpp' runs CPU tensors only, got tensors on {device}")
@@ -179,10 +175,6 @@ def _check_positions(positions: Tensor, numel: int) -> None:
 
 def _loss_shape(n: int, reduction: str):
     return (n,) if reduction == "none" else ()
-
-
-def _cast_grad(grad: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
-    return None if grad is None or like is None else grad.to(like.dtype)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ import triton.language as tl
 
 from .helpers import first_argmax, gumbel_noise
 
-CHUNK = 128
-
 
 @triton.jit
 def _sample_kernel(chunk_lse_ptr, n_chunks, seed_ptr, targets_ptr, ignore_index, temperature, logits_ptr,
