@@ -1,4 +1,4 @@
-"""The torch ops `torch.ops.electra_fast.*`: one `torch.library.custom_op` per public op, each with a fake
+"""The torch ops `torch.ops.electra_fast.*`: one PyTorch `custom_op` per public op, each with a fake
 (meta) kernel and autograd, and the backend chosen *inside* the op (SPEC §2 "Ops").
 
 Every backend module offers the same functions:
@@ -24,7 +24,7 @@ import os
 from typing import Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, library
 
 from . import reference
 from .reference import compute_dtype
@@ -181,7 +181,7 @@ def _loss_shape(n: int, reduction: str):
 # generator_loss_and_sample
 
 
-@torch.library.custom_op("electra_fast::generator_loss_and_sample", mutates_args=())
+@library.custom_op("electra_fast::generator_loss_and_sample", mutates_args=())
 def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                               seed: Tensor, temperature: float, disallow_correct: bool, ignore_index: int,
                               reduction: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -200,7 +200,7 @@ def _(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore
     return loss, ids, torch.empty_like(ids), hidden.new_empty((n, 2), dtype=torch.float32)
 
 
-@torch.library.custom_op("electra_fast::generator_head_backward", mutates_args=())
+@library.custom_op("electra_fast::generator_head_backward", mutates_args=())
 def generator_head_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
                             targets: Tensor, stats: Tensor, ignore_index: int,
                             reduction: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -238,7 +238,7 @@ generator_loss_and_sample.register_autograd(_head_backward, setup_context=_head_
 # sample_logits
 
 
-@torch.library.custom_op("electra_fast::sample_logits", mutates_args=())
+@library.custom_op("electra_fast::sample_logits", mutates_args=())
 def sample_logits(logits: Tensor, targets: Optional[Tensor], seed: Tensor, temperature: float,
                   disallow_correct: bool, ignore_index: int, reduction: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, sampled, predicted, stats) of logits [N, V]; the loss is 0 when targets is None."""
@@ -259,7 +259,7 @@ def _(logits, targets, seed, temperature, disallow_correct, ignore_index, reduct
             logits.new_empty((n, 2), dtype=torch.float32))
 
 
-@torch.library.custom_op("electra_fast::sample_logits_backward", mutates_args=())
+@library.custom_op("electra_fast::sample_logits_backward", mutates_args=())
 def sample_logits_backward(grad_loss: Tensor, logits: Tensor, targets: Tensor, stats: Tensor, ignore_index: int,
                            reduction: str) -> Tensor:
     """d loss / d logits, in the logits' dtype."""
@@ -293,7 +293,7 @@ sample_logits.register_autograd(_logits_backward, setup_context=_logits_setup_co
 # replace_
 
 
-@torch.library.custom_op("electra_fast::replace_", mutates_args=("input_ids",))
+@library.custom_op("electra_fast::replace_", mutates_args=("input_ids",))
 def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor) -> Tensor:
     """Writes sampled into input_ids at flat positions, in place; returns is_replaced [B, T] bool. Nothing is
     written unless every value is valid."""
@@ -312,7 +312,7 @@ def _(input_ids, positions, sampled):
 # rtd_loss
 
 
-@torch.library.custom_op("electra_fast::rtd_loss", mutates_args=())
+@library.custom_op("electra_fast::rtd_loss", mutates_args=())
 def rtd_loss(logits: Tensor, is_replaced: Tensor, attention_mask: Optional[Tensor],
              reduction: str) -> tuple[Tensor, Tensor]:
     """(loss, d loss / d logits for a unit upstream gradient [B, T], float32 or float64 like the loss)."""

@@ -1,6 +1,7 @@
 """The torch ops themselves: registration, opcheck, torch.compile, backend selection and argument errors."""
 import pytest
 import torch
+from torch import library
 
 import electra_fast
 from electra_fast import ops
@@ -23,16 +24,16 @@ def test_opcheck(target, reduction):
     _, device = target
     args = list(_head_args(device))
     args[-1] = reduction
-    torch.library.opcheck(torch.ops.electra_fast.generator_loss_and_sample.default, tuple(args))
+    library.opcheck(torch.ops.electra_fast.generator_loss_and_sample.default, tuple(args))
     logits = torch.randn(7, 130, device=device, requires_grad=True)
     targets = torch.randint(0, 130, (7,), device=device)
-    torch.library.opcheck(torch.ops.electra_fast.sample_logits.default,
+    library.opcheck(torch.ops.electra_fast.sample_logits.default,
                           (logits, targets, torch.tensor(3), 0.8, True, -100, reduction))
     x = torch.randn(3, 5, device=device, requires_grad=True)
     labels = torch.rand(3, 5, device=device) < 0.3
-    torch.library.opcheck(torch.ops.electra_fast.rtd_loss.default, (x, labels, torch.ones_like(labels), reduction))
+    library.opcheck(torch.ops.electra_fast.rtd_loss.default, (x, labels, torch.ones_like(labels), reduction))
     ids = torch.randint(0, 9, (3, 5), device=device)
-    torch.library.opcheck(torch.ops.electra_fast.replace_.default,
+    library.opcheck(torch.ops.electra_fast.replace_.default,
                           (ids, torch.tensor([1, 4, 9], device=device), torch.tensor([2, 2, 2], device=device)))
 
 
