@@ -4,7 +4,7 @@ import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 
 from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
 from .masking import MaskedInputs, mask_tokens
-from .ops import get_backend, set_backend, set_value_checks, use_backend
+from .settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
 from .pretrainer import ElectraOutput, ElectraPretrainer
 from . import models  # noqa: E402
 
@@ -22,6 +22,7 @@ __all__ = [
     "rtd_loss",
     "sample_logits",
     "set_backend",
+    "set_logits_budget",
     "set_value_checks",
     "use_backend",
 ]

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.electra_fast)
+from . import settings
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")
@@ -48,10 +49,25 @@ def _binary(name: str, value, shape) -> Tensor:
     return value
 
 
-def _same_device(**tensors) -> None:
+def _same_device(**tensors) -> str:
+    """The backend that will run these tensors, resolved now so that the op's backward runs on it too."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
         raise ValueError(f"all tensors must be on one device, got {devices}")
+    return settings.resolve_backend(settings.get_backend(), next(iter(devices.values())))
+
+
+def _autocast(*tensors: Optional[Tensor]) -> tuple:
+    """Under torch.autocast, the head's float inputs in the autocast dtype, as F.linear casts them."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t if t is None or t.dtype == torch.float64 else t.to(dtype) for t in tensors)
+
+
+def _wants_grad(t: Optional[Tensor]) -> bool:
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
 
 
 def _reduction(reduction) -> str:
@@ -102,10 +118,12 @@ def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Ten
                               ignore_index: int = -100, reduction: str = "mean"):
     """The fused generator head: MLM loss, a sample and the argmax at the masked rows, without [N, V] logits.
 
-    hidden [N, H], weight [V, H] (the tied token embedding), bias [V] or None: float16/bfloat16/float32/float64,
-    may differ. targets [N] int64 (ignore_index for rows without a target). Returns (loss, sampled [N] int64,
-    predicted [N] int64); loss is float32 (float64 for float64 inputs), 0-dim or [N] for reduction="none",
-    differentiable in hidden, weight and bias. The sample is an exact draw from softmax(logits / temperature).
+    hidden [N, H], weight [V, H] (the tied token embedding), bias [V] or None: float16/bfloat16/float32/float64.
+    Under torch.autocast they are cast to the autocast dtype first, as F.linear casts them; otherwise inputs of
+    different dtypes compute in float32. targets [N] int64 (ignore_index for rows without a target). Returns
+    (loss, sampled [N] int64, predicted [N] int64); loss is float32 (float64 for float64 inputs), 0-dim or [N]
+    for reduction="none", differentiable (once) in hidden, weight and bias, each gradient in its input's dtype.
+    The sample is an exact draw from softmax(logits / temperature).
     """
     _float("hidden", hidden, 2)
     _float("weight", weight, 2)
@@ -120,11 +138,13 @@ def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Ten
         raise ValueError(f"bias must be [{vocab}] to match weight [V={vocab}, H], got {tuple(bias.shape)}")
     if targets.shape[0] != n:
         raise ValueError(f"targets must be [{n}] to match hidden [N={n}, H], got {tuple(targets.shape)}")
-    _same_device(hidden=hidden, weight=weight, bias=bias, targets=targets)
+    backend = _same_device(hidden=hidden, weight=weight, bias=bias, targets=targets)
     _vocab_checks(vocab, disallow_correct, "weight")
-    loss, sampled, predicted, _ = torch.ops.electra_fast.generator_loss_and_sample(
+    hidden, weight, bias = _autocast(hidden, weight, bias)
+    loss, sampled, predicted, *_ = torch.ops.electra_fast.generator_loss_and_sample(
         hidden, weight, bias, targets, resolve_seed(seed), _temperature(temperature), bool(disallow_correct),
-        _ignore_index(ignore_index), _reduction(reduction))
+        _ignore_index(ignore_index), _reduction(reduction), backend, _wants_grad(hidden), _wants_grad(weight),
+        _wants_grad(bias))
     return loss, sampled, predicted
 
 
@@ -141,13 +161,13 @@ def sample_logits(logits: Tensor, targets: Optional[Tensor] = None, *, temperatu
         _ids("targets", targets, 1)
         if targets.shape[0] != n:
             raise ValueError(f"targets must be [{n}] to match logits [N={n}, V], got {tuple(targets.shape)}")
-        _same_device(logits=logits, targets=targets)
     elif disallow_correct:
         raise ValueError("disallow_correct=True needs targets")
+    backend = _same_device(logits=logits, targets=targets)
     _vocab_checks(vocab, disallow_correct, "logits")
     loss, sampled, predicted, _ = torch.ops.electra_fast.sample_logits(
         logits, targets, resolve_seed(seed), _temperature(temperature), bool(disallow_correct),
-        _ignore_index(ignore_index), _reduction(reduction))
+        _ignore_index(ignore_index), _reduction(reduction), backend)
     return (loss if targets is not None else None), sampled, predicted
 
 
@@ -161,8 +181,8 @@ def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor) -> Tensor:
     if sampled.shape != positions.shape:
         raise ValueError(f"sampled must have the shape of positions {tuple(positions.shape)}, "
                          f"got {tuple(sampled.shape)}")
-    _same_device(input_ids=input_ids, positions=positions, sampled=sampled)
-    return torch.ops.electra_fast.replace_(input_ids, positions, sampled)
+    backend = _same_device(input_ids=input_ids, positions=positions, sampled=sampled)
+    return torch.ops.electra_fast.replace_(input_ids, positions, sampled, backend)
 
 
 def rtd_loss(logits: Tensor, is_replaced: Tensor, attention_mask: Optional[Tensor] = None, *,
@@ -175,6 +195,6 @@ def rtd_loss(logits: Tensor, is_replaced: Tensor, attention_mask: Optional[Tenso
     _binary("is_replaced", is_replaced, logits.shape)
     if attention_mask is not None:
         _binary("attention_mask", attention_mask, logits.shape)
-    _same_device(logits=logits, is_replaced=is_replaced, attention_mask=attention_mask)
-    loss, _ = torch.ops.electra_fast.rtd_loss(logits, is_replaced, attention_mask, _reduction(reduction))
+    backend = _same_device(logits=logits, is_replaced=is_replaced, attention_mask=attention_mask)
+    loss, _ = torch.ops.electra_fast.rtd_loss(logits, is_replaced, attention_mask, _reduction(reduction), backend)
     return loss

@@ -1,64 +1,122 @@
-"""The fused generator head, forward: 2-D tiles of (masked rows x vocabulary) computed by `tl.dot` over H and
-folded in registers into per-row log-sum-exp, target logit, argmax and the sampler's 128-id chunk log-masses;
-the [N, V] logits never reach memory. The sample is then drawn by `sampler.sample`, which recomputes the
-chosen chunk's 128 logits."""
+"""The fused generator head on a GPU: the masked rows in chunks whose float32 logits (and their gradient) fit
+the logits budget; per chunk, cuBLAS computes the logits, `sample_logits._fold_rows_kernel` folds them into the
+loss, the argmax and the sampler's chunk log-masses (and, when the gradients are wanted, writes
+(softmax - onehot) * row_scale in the input dtype), `sampler.sample` draws the samples from the same logits, and
+cuBLAS turns the gradient tile into d hidden = G @ W and d weight += G.T @ h. Three matrix products in all
+(6 N H V flops); everything else is a pass over a chunk that is still in cache or HBM.
+"""
 import torch
-import triton
-import triton.language as tl
 
-from .helpers import empty_row_state, finish_rows, fold_logits_tile, logits_tile, store_chunk_lse
-
-
-@triton.jit
-def _head_forward_kernel(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, targets_ptr,
-                         stats_ptr, row_loss_ptr, predicted_ptr, chunk_lse_ptr, N, V, H, n_chunks, ignore_index,
-                         temperature, HAS_BIAS: tl.constexpr, DISALLOW: tl.constexpr, FP32: tl.constexpr,
-                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
-                         BLOCK_H: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
-    targets = tl.load(targets_ptr + rows, mask=row_ok, other=ignore_index)
-    valid = targets != ignore_index
-
-    m, s, target_logit, best, best_id, nan_seen = empty_row_state(BLOCK_N)
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        acc = logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, rows,
-                          cols.to(tl.int64), N, V, H, HAS_BIAS, FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
-        x = tl.where((cols < V)[None, :], acc, float("-inf"))
-        m, s, target_logit, best, best_id, nan_seen, chunk_lse = fold_logits_tile(
-            x, cols, targets, valid, temperature, m, s, target_logit, best, best_id, nan_seen,
-            DISALLOW, BLOCK_N, BLOCK_V)
-        store_chunk_lse(chunk_lse_ptr, chunk_lse, rows, row_ok, v0, n_chunks, BLOCK_V)
-    finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, stats_ptr, row_loss_ptr, predicted_ptr)
+from ..tensor_checks import require
+from . import configs
+from .sample_logits import fold_rows, softmax_grad
+from .sampler import sample
 
 
-def head_forward(hidden, weight, bias, targets, *, ignore_index, temperature, disallow_correct, precision,
-                 interpret=False, blocks=None):
-    """hidden [N, H], weight [V, H], bias [V] | None (float16/bfloat16/float32, any strides), targets [N] int64.
-    Returns (stats [N, 2] = (max, log sum exp(x - max)), row_loss [N] (cross-entropy; meaningless on ignored
-    rows), predicted [N] int64, chunk_lse [N, ceil(V / 128)]), float32.
-    `blocks` = (BLOCK_N, BLOCK_V, BLOCK_H, num_warps) overrides the launcher's choice."""
-    n, h = hidden.shape
-    v = weight.shape[0]
-    n_chunks = triton.cdiv(v, 128)
+# cuBLAS products of float16/bfloat16 operands with a float32 result (torch >= 2.8 on CUDA).
+_FLOAT32_OUT = hasattr(torch.ops.aten.mm, "dtype") and hasattr(torch.ops.aten.addmm, "dtype_out")
+
+
+def _mm_float32(a, b):
+    """a @ b with a float32 result: float32 operands as they are (TF32 only where torch allows it), float16 and
+    bfloat16 operands through cuBLAS with float32 output where torch offers it (no rounding of the logits to the
+    input dtype, which would move samples), else upcast."""
+    if a.dtype == torch.float32:
+        return torch.mm(a, b)
+    if a.is_cuda and _FLOAT32_OUT:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a.float(), b.float())
+
+
+def _addmm_float32_(acc, a, b):
+    """acc += a @ b for a float32 accumulator, in one GEMM pass over acc where cuBLAS can (beta = 1)."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+    elif a.is_cuda and _FLOAT32_OUT:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc += _mm_float32(a, b)
+
+
+def _check_head(hidden, weight, bias, targets, row_scale):
+    """What the head's launchers rely on; returns (N, V)."""
+    n, h = require("hidden", hidden, dtypes=(torch.float16, torch.bfloat16, torch.float32)).shape
     dev = hidden.device
+    v = require("weight", weight, device=dev, dtypes=(hidden.dtype,)).shape[0]
+    require("weight", weight, shape=(v, h))
+    require("bias", bias, device=dev, dtypes=(hidden.dtype,), contiguous=True, shape=(v,), optional=True)
+    require("targets", targets, device=dev, dtypes=(torch.int64,), contiguous=True, shape=(n,))
+    require("row_scale", row_scale, device=dev, dtypes=(torch.float32,), contiguous=True, shape=(n,))
+    return n, v
+
+
+def _chunks(n, v, grad_dtype, budget):
+    rows = configs.head_chunk_rows(n, v, 0 if grad_dtype is None else grad_dtype.itemsize, budget)
+    return [(r0, min(rows, n - r0)) for r0 in range(0, n, rows)]
+
+
+def _add_gradients(g, hidden, weight, r0, grad_hidden, grad_weight, grad_bias):
+    """Adds one chunk's gradient tile g [rows, V] into the three gradients (each None when not wanted)."""
+    if grad_hidden is not None:
+        torch.mm(g, weight, out=grad_hidden[r0:r0 + g.shape[0]])
+    if grad_weight is not None:
+        _addmm_float32_(grad_weight, g.T, hidden[r0:r0 + g.shape[0]])
+    if grad_bias is not None:
+        grad_bias += g.sum(0, dtype=torch.float32)
+
+
+def _gradient_buffers(hidden, weight, bias, grads):
+    dev = hidden.device
+    return (torch.empty_like(hidden) if grads[0] else None,
+            torch.zeros(weight.shape, dtype=torch.float32, device=dev) if grads[1] else None,
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=dev) if grads[2] and bias is not None else None)
+
+
+def head_forward(hidden, weight, bias, targets, seed, row_scale, *, ignore_index, temperature, disallow_correct,
+                 grads, budget, interpret=False):
+    """hidden [N, H] and weight [V, H] of one dtype (float16/bfloat16/float32, weight's rows contiguous), bias [V]
+    contiguous | None, targets [N] int64 contiguous, seed a 1-element int64 tensor on the device, row_scale [N]
+    float32 (d loss / d row loss for a unit upstream gradient; used when any of `grads` = (d hidden, d weight,
+    d bias) is wanted). Returns (stats [N, 2], row_loss [N], predicted [N], sampled [N], grad_hidden [N, H] in
+    hidden's dtype | None, grad_weight [V, H] float32 | None, grad_bias [V] float32 | None)."""
+    n, v = _check_head(hidden, weight, bias, targets, row_scale)
+    dev = hidden.device
+    require("seed", seed, device=dev, dtypes=(torch.int64,), shape=(1,))
     stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
     row_loss = torch.empty(n, dtype=torch.float32, device=dev)
     predicted = torch.empty(n, dtype=torch.int64, device=dev)
-    chunk_lse = torch.empty(n, n_chunks, dtype=torch.float32, device=dev)
-    if n == 0:
-        return stats, row_loss, predicted, chunk_lse
-    fp32 = hidden.dtype != weight.dtype or hidden.dtype == torch.float32
-    if interpret:  # few, big programs: the interpreter's cost is per program and per op
-        block_n, block_v, block_h, warps = 16, 256, triton.next_power_of_2(max(h, 16)), 4
-    else:  # float32 tiles take twice the registers: fewer rows keep them from spilling
-        block_n, block_v, block_h, warps = (32 if fp32 else 64), 128, 64, 8
-    if blocks is not None:
-        block_n, block_v, block_h, warps = blocks
-    _head_forward_kernel[(triton.cdiv(n, block_n),)](
-        hidden, *hidden.stride(), weight, *weight.stride(), bias if bias is not None else weight, targets,
-        stats, row_loss, predicted, chunk_lse, n, v, h, n_chunks, ignore_index, temperature,
-        HAS_BIAS=bias is not None, DISALLOW=disallow_correct, FP32=fp32, PRECISION=precision,
-        BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h, num_warps=warps)
-    return stats, row_loss, predicted, chunk_lse
+    sampled = torch.empty(n, dtype=torch.int64, device=dev)
+    grad_hidden, grad_weight, grad_bias = _gradient_buffers(hidden, weight, bias, grads)
+    write_grad = any(grads)
+    for r0, rows in _chunks(n, v, hidden.dtype if write_grad else None, budget):
+        logits = _mm_float32(hidden[r0:r0 + rows], weight.T)
+        g = torch.empty(rows, v, dtype=hidden.dtype, device=dev) if write_grad else None
+        chunk_targets = targets[r0:r0 + rows]
+        chunk_stats, chunk_loss, chunk_predicted, chunk_lse = fold_rows(
+            logits, bias, chunk_targets, ignore_index=ignore_index, temperature=temperature,
+            disallow_correct=disallow_correct, grad=g, row_scale=row_scale[r0:r0 + rows], interpret=interpret)
+        stats[r0:r0 + rows] = chunk_stats
+        row_loss[r0:r0 + rows] = chunk_loss
+        predicted[r0:r0 + rows] = chunk_predicted
+        sample(logits, bias, chunk_lse, seed, chunk_targets, ignore_index=ignore_index, temperature=temperature,
+               disallow_correct=disallow_correct, row_offset=r0, out=sampled[r0:r0 + rows], interpret=interpret)
+        del logits  # the allocator reuses it for the next chunk
+        if write_grad:
+            _add_gradients(g, hidden, weight, r0, grad_hidden, grad_weight, grad_bias)
+    return stats, row_loss, predicted, sampled, grad_hidden, grad_weight, grad_bias
+
+
+def head_backward(hidden, weight, bias, targets, stats, row_scale, *, budget, interpret=False):
+    """Gradients of the head's loss recomputing the logits chunk by chunk, from the forward's stats [N, 2] and
+    row_scale [N] float32 (0 on ignored rows); inputs as for `head_forward`. Returns (grad_hidden [N, H] in
+    hidden's dtype, grad_weight [V, H] float32, grad_bias [V] float32 | None)."""
+    n, v = _check_head(hidden, weight, bias, targets, row_scale)
+    require("stats", stats, device=hidden.device, dtypes=(torch.float32,), contiguous=True, shape=(n, 2))
+    grad_hidden, grad_weight, grad_bias = _gradient_buffers(hidden, weight, bias, (True, True, True))
+    for r0, rows in _chunks(n, v, hidden.dtype, budget):
+        logits = _mm_float32(hidden[r0:r0 + rows], weight.T)
+        g = softmax_grad(logits, bias, targets[r0:r0 + rows], stats[r0:r0 + rows], row_scale[r0:r0 + rows],
+                         out=torch.empty(rows, v, dtype=hidden.dtype, device=hidden.device), interpret=interpret)
+        del logits
+        _add_gradients(g, hidden, weight, r0, grad_hidden, grad_weight, grad_bias)
+    return grad_hidden, grad_weight, grad_bias

@@ -1,5 +1,5 @@
-"""Shared Triton helpers: SPEC §3's noise stream, first-index argmax, the float32-or-not `tl.dot`, and the
-per-tile fold of the head's forward statistics.
+"""Shared Triton helpers: SPEC §3's noise stream, first-index argmax, the per-tile fold of the softmax
+statistics and the softmax gradient of a tile.
 
 The noise G(stream, j) for one row is indexed by the vocabulary id (or chunk index) j, never by tile, so a
 sample does not depend on block sizes, warps or the grid.
@@ -38,39 +38,6 @@ def first_argmax(values, index, axis: tl.constexpr, none):
     best = tl.max(values, axis=axis)
     hit = (values == tl.expand_dims(best, axis)) & (values > float("-inf"))
     return best, tl.min(tl.where(hit, index, none), axis=axis)
-
-
-@triton.jit
-def dot(a, b, acc, FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + a @ b; float32 operands use PRECISION ("ieee", or "tf32" when torch allows it)."""
-    if FP32:
-        return tl.dot(a, b, acc, input_precision=PRECISION)
-    else:
-        return tl.dot(a, b, acc)
-
-
-@triton.jit
-def logits_tile(hidden_ptr, stride_hn, stride_hk, weight_ptr, stride_wv, stride_wk, bias_ptr, rows, cols, N, V, H,
-                HAS_BIAS: tl.constexpr, FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    """hidden[rows] @ weight[cols].T (+ bias[cols]) as float32 [BLOCK_N, BLOCK_V], by tl.dot over H in BLOCK_H
-    steps; rows and cols are int64, entries outside the tensors are computed from zeros."""
-    row_ok = rows < N
-    col_ok = cols < V
-    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_H):
-        ks = k0 + tl.arange(0, BLOCK_H)
-        h = tl.load(hidden_ptr + rows[:, None] * stride_hn + ks[None, :] * stride_hk,
-                    mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
-        w = tl.load(weight_ptr + cols[None, :] * stride_wv + ks[:, None] * stride_wk,
-                    mask=col_ok[None, :] & (ks[:, None] < H), other=0.0)
-        if FP32:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = dot(h, w, acc, FP32, PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    return acc
 
 
 @triton.jit
@@ -132,3 +99,12 @@ def finish_rows(rows, row_ok, m, s, target_logit, best_id, nan_seen, stats_ptr, 
     tl.store(stats_ptr + rows * 2 + 1, log_sum, mask=row_ok)
     tl.store(row_loss_ptr + rows, log_sum + (m - target_logit), mask=row_ok)
     tl.store(predicted_ptr + rows, best_id.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
+def softmax_grad_tile(x, cols, targets, row_max, log_sum, scale):
+    """(softmax(x) - onehot(target)) * scale of a logits tile x [BLOCK_N, BLOCK_V] float32, from each row's
+    statistics; exactly 0 on rows with scale 0 (ignored rows, NaN logits included)."""
+    onehot = (cols[None, :] == targets[:, None]).to(tl.float32)
+    g = (tl.exp((x - row_max[:, None]) - log_sum[:, None]) - onehot) * scale[:, None]
+    return tl.where(scale[:, None] != 0, g, 0.0)

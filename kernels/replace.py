@@ -4,6 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..tensor_checks import require
+from . import configs
+
 
 @triton.jit
 def _replace_kernel(ids_ptr, stride_b, stride_t, T, positions_ptr, sampled_ptr, is_replaced_ptr, N,
@@ -21,11 +24,14 @@ def _replace_kernel(ids_ptr, stride_b, stride_t, T, positions_ptr, sampled_ptr, 
 def replace(input_ids, positions, sampled, *, interpret=False):
     """input_ids [B, T] int64 (any strides, written in place), positions [N] (flat, distinct), sampled [N].
     Returns is_replaced [B, T] bool."""
-    is_replaced = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-    n = positions.shape[0]
+    dev = input_ids.device
+    require("input_ids", input_ids, dtypes=(torch.int64,))
+    n = require("positions", positions, device=dev, dtypes=(torch.int64,), contiguous=True).shape[0]
+    require("sampled", sampled, device=dev, dtypes=(torch.int64,), contiguous=True, shape=(n,))
+    is_replaced = torch.zeros(input_ids.shape, dtype=torch.bool, device=dev)
     if n == 0:
         return is_replaced
-    block = 1024
-    _replace_kernel[(triton.cdiv(n, block),)](input_ids, *input_ids.stride(), input_ids.shape[1], positions, sampled,
-                                              is_replaced.view(torch.uint8), n, BLOCK=block)
+    meta = configs.elementwise(interpret)
+    _replace_kernel[(triton.cdiv(n, meta["BLOCK"]),)](input_ids, *input_ids.stride(), input_ids.shape[1], positions,
+                                                      sampled, is_replaced.view(torch.uint8), n, **meta)
     return is_replaced

@@ -4,6 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..tensor_checks import require
+from . import configs
+
 
 @triton.jit
 def _rtd_kernel(logits_ptr, stride_b, stride_t, labels_ptr, weights_ptr, loss_ptr, grad_ptr, T, n,
@@ -27,16 +30,19 @@ def _rtd_kernel(logits_ptr, stride_b, stride_t, labels_ptr, weights_ptr, loss_pt
 def rtd_forward(logits, labels, weights, *, interpret=False):
     """logits [B, T] float (any strides), labels [B, T] and weights [B, T] | None contiguous 0/1 (bool or int).
     Returns (per-token weighted loss, d(sum)/d logits), float32 [B, T]."""
-    b, t = logits.shape
+    b, t = require("logits", logits, dtypes=(torch.float16, torch.bfloat16, torch.float32)).shape
+    require("labels", labels, device=logits.device, contiguous=True, shape=(b, t))
+    require("weights", weights, device=logits.device, contiguous=True, shape=(b, t), optional=True)
     loss = torch.empty(b, t, dtype=torch.float32, device=logits.device)
     grad = torch.empty_like(loss)
     n = b * t
     if n == 0:
         return loss, grad
-    block = 1024
+    meta = configs.elementwise(interpret)
     labels = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
     if weights is not None and weights.dtype == torch.bool:
         weights = weights.view(torch.uint8)
-    _rtd_kernel[(triton.cdiv(n, block),)](logits, *logits.stride(), labels, weights if weights is not None else labels,
-                                          loss, grad, t, n, HAS_WEIGHTS=weights is not None, BLOCK=block)
+    _rtd_kernel[(triton.cdiv(n, meta["BLOCK"]),)](logits, *logits.stride(), labels,
+                                                  weights if weights is not None else labels, loss, grad, t, n,
+                                                  HAS_WEIGHTS=weights is not None, **meta)
     return loss, grad

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import electra_fast
-from electra_fast import reference
+from electra_fast import backends, reference
 from conftest import dtypes_for, interpreted
 from helpers import assert_samples_match, head_inputs, rel_err
 
@@ -19,15 +19,39 @@ def _shapes(backend):
 
 
 def _truth(hidden, weight, bias, targets, reduction, temperature=1.0, disallow_correct=False, seed=0):
-    """Loss, gradients and samples of the reference in float64."""
+    """Loss and gradients by plain float64 autograd through the definitions in electra_fast.reference (no op, no
+    backend: independent of what is under test), with the definition's samples and argmax."""
     leaves = [t.detach().cpu().double().requires_grad_() for t in (hidden, weight) + ((bias,) if bias is not None else ())]
-    b = leaves[2] if bias is not None else None
-    with electra_fast.use_backend("reference"):
-        loss, sampled, predicted = electra_fast.generator_loss_and_sample(
-            leaves[0], leaves[1], b, targets.cpu(), seed=seed, reduction=reduction, temperature=temperature,
-            disallow_correct=disallow_correct)
+    targets = targets.cpu()
+    logits = reference.head_logits(leaves[0], leaves[1], leaves[2] if bias is not None else None)
+    loss = reference.cross_entropy(logits, targets, -100, reduction)
     grads = torch.autograd.grad(loss.sum(), leaves)
+    with torch.no_grad():
+        sampled = reference.sample_from_logits(logits, targets, torch.tensor(seed), temperature=temperature,
+                                               disallow_correct=disallow_correct)
+        predicted = reference.predicted_ids(logits)
     return loss.detach(), grads, sampled, predicted
+
+
+def _errors_against_truth(device, n, h, v, reduction, with_bias):
+    """Fresh inputs through the backend under test and through `_truth`: (loss error, [gradient errors]), after
+    asserting dtypes, samples and argmax."""
+    hidden, weight, bias, targets = head_inputs(n, h, v, device=device, bias=with_bias, ignored_every=5, scale=3.0)
+    seed = int(torch.randint(0, 2**62, ()))
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
+    loss, sampled, predicted = electra_fast.generator_loss_and_sample(
+        leaves[0], leaves[1], leaves[2] if with_bias else None, targets, seed=seed, reduction=reduction)
+    grads = torch.autograd.grad(loss.sum(), leaves)
+    t_loss, t_grads, t_sampled, t_predicted = _truth(hidden, weight, bias, targets, reduction, seed=seed)
+
+    assert loss.dtype == torch.float32 and loss.shape == t_loss.shape
+    assert all(g.dtype == leaf.dtype for g, leaf in zip(grads, leaves))
+    logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(),
+                                   None if bias is None else bias.cpu().double())
+    assert_samples_match(sampled, t_sampled, logits, seed=seed)
+    assert torch.equal(predicted.cpu(), t_predicted) or rel_err(
+        logits.gather(1, predicted.cpu()[:, None]), logits.gather(1, t_predicted[:, None])) < 1e-6
+    return rel_err(loss.cpu(), t_loss), [rel_err(g.cpu(), tg) for g, tg in zip(grads, t_grads)]
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -35,25 +59,64 @@ def _truth(hidden, weight, bias, targets, reduction, temperature=1.0, disallow_c
 def test_matches_float64_reference(target, reduction, with_bias, poisoned):
     backend, device = target
     for n, h, v in _shapes(backend):
-        hidden, weight, bias, targets = head_inputs(n, h, v, device=device, bias=with_bias, ignored_every=5,
-                                                    scale=3.0)
-        seed = int(torch.randint(0, 2**62, ()))
-        leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
-        loss, sampled, predicted = electra_fast.generator_loss_and_sample(
-            leaves[0], leaves[1], leaves[2] if with_bias else None, targets, seed=seed, reduction=reduction)
-        grads = torch.autograd.grad(loss.sum(), leaves)
-        t_loss, t_grads, t_sampled, t_predicted = _truth(hidden, weight, bias, targets, reduction, seed=seed)
+        loss_error, grad_errors = _errors_against_truth(device, n, h, v, reduction, with_bias)
+        assert loss_error <= 1e-5 and max(grad_errors) <= 1e-5, (n, h, v, loss_error, grad_errors)
 
-        assert loss.dtype == torch.float32 and loss.shape == t_loss.shape
-        assert rel_err(loss.cpu(), t_loss) <= 1e-5, (n, h, v)
-        for g, tg, leaf in zip(grads, t_grads, leaves):
-            assert g.dtype == leaf.dtype
-            assert rel_err(g.cpu(), tg) <= 1e-5, (n, h, v)
-        logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(),
-                                       None if bias is None else bias.cpu().double())
-        assert_samples_match(sampled, t_sampled, logits, seed=seed)
-        assert torch.equal(predicted.cpu(), t_predicted) or rel_err(
-            logits.gather(1, predicted.cpu()[:, None]), logits.gather(1, t_predicted[:, None])) < 1e-6
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_gradient_check_fails_when_a_backend_gradient_is_perturbed(target, monkeypatch, reduction):
+    """The truth is independent of the backend under test: nudging that backend's gradients (in whichever pass
+    computes them) by 1e-4 must fail the check above."""
+    backend, device = target
+    impl = backends.get(backend)
+    forward, backward = impl.head_forward, impl.head_backward
+
+    def nudged_forward(*args):
+        loss, sampled, predicted, stats, *grads = forward(*args)
+        return (loss, sampled, predicted, stats, *(None if g is None else g * (1 + 1e-4) for g in grads))
+
+    def nudged_backward(*args):
+        return tuple(None if g is None else g * (1 + 1e-4) for g in backward(*args))
+
+    monkeypatch.setattr(impl, "head_forward", nudged_forward)
+    monkeypatch.setattr(impl, "head_backward", nudged_backward)
+    loss_error, grad_errors = _errors_against_truth(device, 20, 16, 300, reduction, True)
+    assert loss_error <= 1e-5 and min(grad_errors) > 5e-5, grad_errors
+
+
+def test_chunked_head_matches_one_chunk(target, poisoned):
+    """A logits budget that forces at least three ragged chunks of rows gives the truth's loss and gradients
+    and the same samples (each row keeps its noise stream)."""
+    backend, device = target
+    n, h, v = 37, 16, 1031
+    rows_per_chunk = 10 if backend == "triton" else n
+    previous = electra_fast.settings.logits_budget()
+    electra_fast.set_logits_budget(rows_per_chunk * v * 8)  # float32 logits + float32 gradient per row
+    try:
+        for reduction in ("mean", "none"):
+            loss_error, grad_errors = _errors_against_truth(device, n, h, v, reduction, True)
+            assert loss_error <= 1e-5 and max(grad_errors) <= 1e-5, (reduction, loss_error, grad_errors)
+    finally:
+        electra_fast.set_logits_budget(previous)
+    if backend == "triton":
+        from electra_fast.kernels import configs
+
+        assert -(-n // configs.head_chunk_rows(n, v, 4, rows_per_chunk * v * 8)) >= 3
+
+
+def test_head_is_once_differentiable(target):
+    _, device = target
+    hidden, weight, bias, targets = head_inputs(6, 8, 50, device=device)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    loss, _, _ = electra_fast.generator_loss_and_sample(*leaves, targets)
+    (grad_hidden,) = torch.autograd.grad(loss, leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        grad_hidden.sum().backward()
+    loss, _, _ = electra_fast.generator_loss_and_sample(*leaves, targets)
+    upstream = torch.ones((), device=device, requires_grad=True)
+    (grad_hidden,) = torch.autograd.grad(loss, leaves[0], grad_outputs=upstream, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad_hidden.sum().backward()
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.7])
@@ -81,8 +144,8 @@ def test_temperature_and_disallow_correct(target, temperature, disallow_correct)
 
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_same_seed_same_sample_and_repeatable(target, deterministic):
-    """Same inputs and seed: the same samples and loss; bit-identical gradients on the CPU, and on CUDA under
-    torch.use_deterministic_algorithms(True) (atomics may change the last bits otherwise, SPEC §4)."""
+    """Same inputs and seed: the same samples, and bit-identical loss and gradients run after run, with or
+    without torch.use_deterministic_algorithms (every reduction has a fixed order; SPEC §4)."""
     backend, device = target
     hidden, weight, bias, targets = head_inputs(33, 16, 513, device=device, scale=2.0, ignored_every=4)
     runs = []
@@ -98,8 +161,6 @@ def test_same_seed_same_sample_and_repeatable(target, deterministic):
     t_loss, t_grads, _, _ = _truth(hidden, weight, bias, targets, "mean", seed=77)
     for g, tg in zip(runs[0][3:], t_grads):
         assert rel_err(g.cpu(), tg) <= 1e-5
-    if device.type == "cuda" and not deterministic:
-        runs = [r[:3] for r in runs]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     _, other, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=78)
@@ -201,6 +262,30 @@ def test_mixed_dtypes_as_under_autocast(target):
     assert all(rel_err(g.cpu(), tg) <= 1e-2 for g, tg in zip(grads, t_grads))
 
 
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_head_in_the_autocast_dtype(target, autocast_dtype):
+    """Under torch.autocast the head casts hidden, weight and bias as F.linear does: the result equals the head
+    on inputs cast by hand, the loss stays float32, and each gradient reaches its float32 leaf."""
+    backend, device = target
+    if interpreted(backend):
+        pytest.skip("the Triton interpreter runs float32 only")
+    hidden, weight, bias, targets = head_inputs(40, 32, 500, device=device, scale=2.0, ignored_every=7)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    with torch.autocast(device.type, dtype=autocast_dtype):
+        loss, sampled, _ = electra_fast.generator_loss_and_sample(*leaves, targets, seed=4)
+    grads = torch.autograd.grad(loss, leaves)
+    cast = [t.to(autocast_dtype).requires_grad_() for t in (hidden, weight, bias)]
+    want_loss, want_sampled, _ = electra_fast.generator_loss_and_sample(*cast, targets, seed=4)
+    want_grads = torch.autograd.grad(want_loss, cast)
+    assert loss.dtype == torch.float32 and torch.equal(loss, want_loss) and torch.equal(sampled, want_sampled)
+    for g, want, leaf in zip(grads, want_grads, leaves):
+        assert g.dtype == leaf.dtype == torch.float32 and torch.equal(g, want.float())
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=False):  # outside autocast: float32 math
+        loss_fp32, _, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=4)
+    t_loss, _, _, _ = _truth(hidden, weight, bias, targets, "mean")
+    assert rel_err(loss_fp32.cpu(), t_loss) <= 1e-5 < rel_err(loss.cpu(), t_loss)
+
+
 def test_float64_inputs_give_float64_loss(target):
     _, device = target
     hidden, weight, bias, targets = head_inputs(12, 16, 200, dtype=torch.float64, device=device)
@@ -213,23 +298,23 @@ def test_triton_samples_do_not_depend_on_block_sizes(target):
     backend, device = target
     if backend != "triton":
         pytest.skip("block sizes are a Triton launcher setting")
-    from electra_fast.kernels import generator_head, sampler
+    from electra_fast.kernels import sample_logits, sampler
 
     hidden, weight, bias, targets = head_inputs(37, 32, 1031, device=device, ignored_every=5, scale=3.0)
+    logits = hidden @ weight.T
     seed = torch.tensor([int(torch.randint(0, 2**62, ()))], device=device)
     results = []
-    for head_blocks, sampler_blocks in (((16, 128, 16, 4), (1, 128, 16)), ((32, 512, 32, 4), (8, 256, 32))):
-        stats, _, predicted, chunk_lse = generator_head.head_forward(
-            hidden, weight, bias, targets, ignore_index=-100, temperature=0.8, disallow_correct=True,
-            precision="ieee", interpret=interpreted(backend), blocks=head_blocks)
-        sampled = sampler.sample(chunk_lse, seed, targets, -100, 0.8, True, 1031, hidden=hidden, weight=weight,
-                                 bias=bias, interpret=interpreted(backend), blocks=sampler_blocks)
+    common = dict(ignore_index=-100, temperature=0.8, disallow_correct=True, interpret=interpreted(backend))
+    for fold_config, sampler_config in ((dict(BLOCK_N=16, BLOCK_V=128, num_warps=4), dict(ROWS=1, BLOCK_C=128)),
+                                        (dict(BLOCK_N=4, BLOCK_V=1024, num_warps=4), dict(ROWS=8, BLOCK_C=256))):
+        stats, _, predicted, chunk_lse = sample_logits.fold_rows(logits, bias, targets, config=fold_config, **common)
+        sampled = sampler.sample(logits, bias, chunk_lse, seed, targets, config=sampler_config, **common)
         results.append((stats, predicted, chunk_lse, sampled))
     (stats_a, pred_a, chunks_a, sampled_a), (stats_b, pred_b, chunks_b, sampled_b) = results
     assert torch.allclose(stats_a, stats_b, rtol=1e-5) and torch.allclose(chunks_a, chunks_b, rtol=1e-5)
     assert torch.equal(pred_a, pred_b)
-    logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(), bias.cpu().double())
-    assert_samples_match(sampled_a, sampled_b, logits, targets.cpu(), seed=int(seed), temperature=0.8,
+    full = reference.head_logits(hidden.cpu().double(), weight.cpu().double(), bias.cpu().double())
+    assert_samples_match(sampled_a, sampled_b, full, targets.cpu(), seed=int(seed), temperature=0.8,
                          disallow_correct=True)
 
 

@@ -4,14 +4,14 @@ import torch
 from torch import library
 
 import electra_fast
-from electra_fast import ops
+from electra_fast import settings
 from helpers import head_inputs
 
 
-def _head_args(device, requires_grad=True):
+def _head_args(device, backend, reduction, grads_in_forward):
     hidden, weight, bias, targets = head_inputs(9, 16, 200, device=device, ignored_every=4)
-    leaves = [t.requires_grad_(requires_grad) for t in (hidden, weight, bias)]
-    return (*leaves, targets, torch.tensor(5), 1.0, False, -100, "mean")
+    leaves = [t.requires_grad_() for t in (hidden, weight, bias)]
+    return (*leaves, targets, torch.tensor(5), 1.0, False, -100, reduction, backend, *(grads_in_forward,) * 3)
 
 
 def test_ops_are_registered():
@@ -21,20 +21,20 @@ def test_ops_are_registered():
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_opcheck(target, reduction):
-    _, device = target
-    args = list(_head_args(device))
-    args[-1] = reduction
-    library.opcheck(torch.ops.electra_fast.generator_loss_and_sample.default, tuple(args))
+    backend, device = target
+    for grads_in_forward in (False, True):
+        library.opcheck(torch.ops.electra_fast.generator_loss_and_sample.default,
+                        _head_args(device, backend, reduction, grads_in_forward))
     logits = torch.randn(7, 130, device=device, requires_grad=True)
     targets = torch.randint(0, 130, (7,), device=device)
     library.opcheck(torch.ops.electra_fast.sample_logits.default,
-                          (logits, targets, torch.tensor(3), 0.8, True, -100, reduction))
+                    (logits, targets, torch.tensor(3), 0.8, True, -100, reduction, backend))
     x = torch.randn(3, 5, device=device, requires_grad=True)
     labels = torch.rand(3, 5, device=device) < 0.3
-    library.opcheck(torch.ops.electra_fast.rtd_loss.default, (x, labels, torch.ones_like(labels), reduction))
+    library.opcheck(torch.ops.electra_fast.rtd_loss.default, (x, labels, torch.ones_like(labels), reduction, backend))
     ids = torch.randint(0, 9, (3, 5), device=device)
     library.opcheck(torch.ops.electra_fast.replace_.default,
-                          (ids, torch.tensor([1, 4, 9], device=device), torch.tensor([2, 2, 2], device=device)))
+                    (ids, torch.tensor([1, 4, 9], device=device), torch.tensor([2, 2, 2], device=device), backend))
 
 
 def _step(hidden, weight, bias, targets, logits, labels, mask, seed):
@@ -87,7 +87,7 @@ def test_backend_that_cannot_run_the_tensors_raises():
     if torch.cuda.is_available():
         with electra_fast.use_backend("cpp"), pytest.raises(ValueError, match="cpp"):
             electra_fast.rtd_loss(torch.zeros(1, 2, device="cuda"), torch.zeros(1, 2, dtype=torch.bool, device="cuda"))
-    if not ops.TRITON_INTERPRET:
+    if not settings.TRITON_INTERPRET:
         with electra_fast.use_backend("triton"), pytest.raises(ValueError, match="triton"):
             electra_fast.rtd_loss(torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool))
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from . import _C
-from .reference import CHUNK, compute_dtype, reduce_rows, row_scale
+from .. import _C
+from ..reference import CHUNK, compute_dtype, reduce_rows, row_scale
+from ..tensor_checks import require
+
+GRADS_IN_FORWARD = False  # the vocabulary tiles of all rows stay in cache; the backward recomputes them
 
 TILE_BYTES = 4 << 20  # a logits tile of about this size stays in cache between its GEMM and its epilogue
 MIN_TILE = 512  # ids; narrower tiles make the GEMMs inefficient
@@ -33,7 +36,10 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.to(torch.float32).contiguous()
 
 
-def _address(t: torch.Tensor | None) -> int:
+def _ptr(name: str, t: torch.Tensor | None, dtype: torch.dtype, shape=None, optional: bool = False) -> int:
+    """The address the C++ kernel receives for `t`, after checking what it relies on: a contiguous CPU tensor of
+    `dtype` (and `shape`). 0 for an optional None."""
+    t = require(name, t, device="cpu", dtypes=(dtype,), contiguous=True, shape=shape, optional=optional)
     return 0 if t is None else t.data_ptr()
 
 
@@ -52,10 +58,13 @@ class _RowState:
 
     def fold(self, logits, v0, targets, ignore_index, temperature, disallow_correct):
         rows, width = logits.shape
-        _C.head_forward_tile(logits.data_ptr(), rows, width, v0, targets.data_ptr(), ignore_index, temperature,
-                             disallow_correct, self.run_max.data_ptr(), self.run_sum.data_ptr(),
-                             self.target_logit.data_ptr(), self.best.data_ptr(), self.best_id.data_ptr(),
-                             self.nan.data_ptr(), self.chunk_lse.data_ptr(), self.n_chunks, _threads())
+        f32, n = torch.float32, (rows,)
+        _C.head_forward_tile(_ptr("logits", logits, f32), rows, width, v0, _ptr("targets", targets, torch.int64, n),
+                             ignore_index, temperature, disallow_correct, _ptr("run_max", self.run_max, f32, n),
+                             _ptr("run_sum", self.run_sum, f32, n), _ptr("target_logit", self.target_logit, f32, n),
+                             _ptr("best", self.best, f32, n), _ptr("best_id", self.best_id, torch.int64, n),
+                             _ptr("nan", self.nan, torch.uint8, n),
+                             _ptr("chunk_lse", self.chunk_lse, f32, (rows, self.n_chunks)), self.n_chunks, _threads())
 
     def finish(self, targets, seed, temperature, disallow_correct, ignore_index, reduction, loss_dtype,
                logits=None, hidden=None, weight=None, bias=None):
@@ -71,10 +80,15 @@ class _RowState:
         loss = reduce_rows(per_row.to(loss_dtype), valid, reduction)
         sampled = torch.empty(n, dtype=torch.int64)
         vocab = logits.shape[1] if logits is not None else weight.shape[0]
-        _C.sample_rows(self.chunk_lse.data_ptr(), n, self.n_chunks, vocab, int(seed), temperature,
-                       targets.data_ptr(), ignore_index, disallow_correct, _address(logits), _address(hidden),
-                       _address(weight), _address(bias), 0 if hidden is None else hidden.shape[1],
-                       sampled.data_ptr(), _threads())
+        hidden_size = 0 if hidden is None else hidden.shape[1]
+        f32 = torch.float32
+        _C.sample_rows(_ptr("chunk_lse", self.chunk_lse, f32, (n, self.n_chunks)), n, self.n_chunks, vocab,
+                       int(seed), temperature, _ptr("targets", targets, torch.int64, (n,)), ignore_index,
+                       disallow_correct, _ptr("logits", logits, f32, (n, vocab), optional=True),
+                       _ptr("hidden", hidden, f32, (n, hidden_size), optional=True),
+                       _ptr("weight", weight, f32, (vocab, hidden_size), optional=True),
+                       _ptr("bias", bias, f32, (vocab,), optional=True), hidden_size,
+                       _ptr("sampled", sampled, torch.int64, (n,)), _threads())
         return loss, sampled, self.best_id, stats
 
 
@@ -92,7 +106,16 @@ def _tile_logits(buffer, h, w, b, v0, width):
     return torch.addmm(b[v0:v0 + width], h, w[v0:v0 + width].T, out=out)
 
 
-def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction):
+def _backward_tile(g, v0, targets, ignore_index, stats, scale):
+    """Turns logits tile g [N, width] (ids v0..) into (softmax - onehot) * scale in place."""
+    n, width = g.shape
+    _C.head_backward_tile(_ptr("g", g, torch.float32), n, width, v0, _ptr("targets", targets, torch.int64, (n,)),
+                          ignore_index, _ptr("stats", stats, torch.float32, (n, 2)),
+                          _ptr("scale", scale, torch.float32, (n,)), _threads())
+
+
+def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction,
+                 grads):
     h, w, b = _f32(hidden), _f32(weight), _f32(bias)
     targets = targets.contiguous()
     n, vocab = h.shape[0], w.shape[0]
@@ -101,8 +124,10 @@ def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_corr
     for v0, width in tiles:
         state.fold(_tile_logits(buffer, h, w, b, v0, width), v0, targets, ignore_index, temperature,
                    disallow_correct)
-    return state.finish(targets, seed, temperature, disallow_correct, ignore_index, reduction,
-                        compute_dtype(hidden, weight, bias), hidden=h, weight=w, bias=b)
+    loss, sampled, predicted, stats = state.finish(targets, seed, temperature, disallow_correct, ignore_index,
+                                                   reduction, compute_dtype(hidden, weight, bias), hidden=h,
+                                                   weight=w, bias=b)
+    return loss, sampled, predicted, stats, None, None, None
 
 
 def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
@@ -117,8 +142,7 @@ def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index,
     stats = stats.contiguous()
     for v0, width in tiles:
         g = _tile_logits(buffer, h, w, b, v0, width)
-        _C.head_backward_tile(g.data_ptr(), n, width, v0, targets.data_ptr(), ignore_index, stats.data_ptr(),
-                              scale.data_ptr(), _threads())
+        _backward_tile(g, v0, targets, ignore_index, stats, scale)
         grad_h.addmm_(g, w[v0:v0 + width])
         torch.mm(g.T, h, out=grad_w[v0:v0 + width])
         if grad_b is not None:
@@ -141,16 +165,18 @@ def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     g = logits.to(torch.float32, copy=True).contiguous()
     targets = targets.contiguous()
     scale = row_scale(grad_loss.to(torch.float32), targets, ignore_index, reduction).contiguous()
-    _C.head_backward_tile(g.data_ptr(), g.shape[0], g.shape[1], 0, targets.data_ptr(), ignore_index,
-                          stats.contiguous().data_ptr(), scale.data_ptr(), _threads())
+    _backward_tile(g, 0, targets, ignore_index, stats.contiguous(), scale)
     return g
 
 
 def replace(input_ids, positions, sampled):
     is_replaced = torch.zeros(input_ids.shape, dtype=torch.bool)
     positions, sampled = positions.contiguous(), sampled.contiguous()
+    require("input_ids", input_ids, device="cpu", dtypes=(torch.int64,))
+    n = (positions.shape[0],)
     _C.replace_ids(input_ids.data_ptr(), input_ids.shape[1], input_ids.stride(0), input_ids.stride(1),
-                   positions.data_ptr(), sampled.data_ptr(), positions.shape[0], is_replaced.data_ptr())
+                   _ptr("positions", positions, torch.int64, n), _ptr("sampled", sampled, torch.int64, n), n[0],
+                   _ptr("is_replaced", is_replaced, torch.bool, input_ids.shape))
     return is_replaced
 
 
@@ -159,8 +185,9 @@ def rtd_forward(logits, is_replaced, attention_mask, reduction):
     labels = is_replaced.to(torch.float32).contiguous()
     weights = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.float32).contiguous()
     per_token, grad = torch.empty_like(x), torch.empty_like(x)
-    _C.rtd_loss_forward(x.data_ptr(), labels.data_ptr(), weights.data_ptr(), x.numel(), per_token.data_ptr(),
-                        grad.data_ptr(), _threads())
+    f32, shape = torch.float32, x.shape
+    _C.rtd_loss_forward(_ptr("logits", x, f32), _ptr("labels", labels, f32, shape), _ptr("weights", weights, f32, shape),
+                        x.numel(), _ptr("per_token", per_token, f32, shape), _ptr("grad", grad, f32, shape), _threads())
     dtype = compute_dtype(logits)
     loss = reduce_rows(per_token.to(dtype), weights != 0, reduction)
     if reduction == "mean":
