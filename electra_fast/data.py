@@ -76,18 +76,15 @@ def read_documents(paths: Sequence[str] | None, *, document_per: str = "line") -
 def train_tokenizer(documents: Sequence[str], vocab_size: int):
     """A lower-casing BERT-style WordPiece tokenizer with the specials [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4.
 
-    The trainer breaks frequency ties in hash order, so ids are renumbered in a canonical order (specials, then
-    whole words, then "##" pieces, each alphabetical): where the vocabulary size does not bind, the same corpus
-    gives the same tokenizer on every run."""
+    The trainer breaks ties between equally frequent pairs in hash order, so two trainings on one corpus may
+    differ: a run saves its tokenizer, and `--tokenizer` reuses one."""
     from tokenizers import Tokenizer, models, trainers
 
-    learner = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))
-    learner.train_from_iterator(documents, trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                                                     special_tokens=list(SPECIALS),
-                                                                     show_progress=False))
-    pieces = sorted(set(learner.get_vocab()) - set(SPECIALS), key=lambda p: (p.startswith("##"), p))
-    vocab = {token: i for i, token in enumerate(SPECIALS + tuple(pieces))}
-    return _bert_pipeline(Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")))
+    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+    tokenizer.train_from_iterator(documents, trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                                                       special_tokens=list(SPECIALS),
+                                                                       show_progress=False))
+    return _bert_pipeline(tokenizer)  # now that [CLS] and [SEP] have ids
 
 
 def _bert_pipeline(tokenizer):

@@ -35,8 +35,8 @@ from .data import DataError
 from .models import PRESETS
 from .pretrainer import ElectraPretrainer
 
-# The default model is ELECTRA-Small cut to 4 layers, so that the default 200 steps finish in minutes on a CPU.
-DEFAULT_LAYERS = 4
+# The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
+DEFAULT_LAYERS = 2
 METRICS = ("loss", "mlm_loss", "rtd_loss", "gen_accuracy", "disc_accuracy", "replaced_fraction")
 EXIT_BAD_INPUT = 2
 
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-size", type=int, default=None, help="override the preset's embedding size")
     p.add_argument("--max-positions", type=int, default=512, help="the model's position embeddings")
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per process and micro-batch")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per process and micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
@@ -197,48 +197,40 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                           start=consumed)
     log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start) if rank == 0 else None
 
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0, desc="pretrain")
     began, tokens, metrics = time.perf_counter(), 0.0, None
     step = start
     try:
-        for step in bar:
-            torch.manual_seed(step_seed(args.seed, step, rank))
-            totals = torch.zeros(len(METRICS) + 1, device=device)
-            for micro in range(args.grad_accum):
-                batch = next(stream).to(device)
-                last = micro == args.grad_accum - 1
-                sync = contextlib.nullcontext() if last or dist.world == 1 else wrapped.no_sync()
-                with sync:
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        out = wrapped(batch)
-                    (out.loss / args.grad_accum).backward()
-                totals += torch.stack([*(v.detach().float() for v in out), (batch != specials["[PAD]"]).sum()])
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            consumed += args.grad_accum * args.batch_size
+        with tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
+                  desc="pretrain") as bar:
+            for step in bar:
+                torch.manual_seed(step_seed(args.seed, step, rank))
+                totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                consumed += args.grad_accum * args.batch_size
 
-            totals = dist.mean(totals)
-            tokens += totals[-1].item() * dist.world
-            metrics = dict(zip(METRICS, (totals[:-1] / args.grad_accum).tolist()))
-            tokens_per_s = tokens / (time.perf_counter() - began)
-            if log is not None:
-                log.write({"step": step + 1, "lr": lr, **metrics,
-                           "tokens_per_s": tokens_per_s})
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm_loss']:.3f}",
-                            rtd=f"{metrics['rtd_loss']:.3f}", gen_acc=f"{metrics['gen_accuracy']:.3f}",
-                            disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}")
-            if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-                _save(args.out, step + 1, model, optimizer, scheduler, consumed, config, args.keep, dist)
+                totals = dist.mean(totals)
+                tokens += totals[-1].item() * dist.world
+                metrics = dict(zip(METRICS, (totals[:-1] / args.grad_accum).tolist()))
+                tokens_per_s = tokens / (time.perf_counter() - began)
+                if log is not None:
+                    log.write({"step": step + 1, "lr": lr, **metrics, "tokens_per_s": tokens_per_s})
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm_loss']:.3f}",
+                                rtd=f"{metrics['rtd_loss']:.3f}", gen_acc=f"{metrics['gen_accuracy']:.3f}",
+                                disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}")
+                if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+                    _save(args.out, step + 1, model, optimizer, scheduler, consumed, config, args.keep, dist)
     except KeyboardInterrupt:
-        bar.close()
         if rank == 0:
             print(f"interrupted at step {step}; the latest checkpoint is {checkpoint.latest(args.out)} "
                   "(continue with --resume)", file=sys.stderr)
         return 130
-    bar.close()
+    finally:
+        if log is not None:
+            log.file.close()
     if rank == 0:
         export = os.path.join(args.out, "discriminator")
         checkpoint.write_folder(export, lambda folder: (model.save_discriminator(folder),
@@ -248,6 +240,22 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + f" | {tokens_per_s:.0f} tokens/s | discriminator: {export}")
     return 0
+
+
+def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,
+                          dist: _Distributed) -> torch.Tensor:
+    """Forward and backward of `grad_accum` micro-batches from `stream` (DDP all-reduces gradients on the last
+    only); returns float32 [len(METRICS) + 1]: each metric summed over the micro-batches, then the tokens seen."""
+    totals = torch.zeros(len(METRICS) + 1, device=dist.device)
+    for micro in range(grad_accum):
+        batch = next(stream).to(dist.device)
+        last = micro == grad_accum - 1
+        with contextlib.nullcontext() if last or dist.world == 1 else wrapped.no_sync():
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = wrapped(batch)
+            (out.loss / grad_accum).backward()
+        totals += torch.stack([*(v.detach().float() for v in out), (batch != pad_id).sum().float()])
+    return totals
 
 
 def _model_overrides(args) -> dict:
