@@ -84,15 +84,17 @@ def save(out: str, step: int, model: torch.nn.Module, training_state: dict, conf
         with open(os.path.join(temporary, MANIFEST), "w") as f:
             json.dump({"format": FORMAT, "step": step, "config": config, "files": files}, f, indent=1)
 
+    pointer = os.path.join(out, f".{LATEST}.{os.getpid()}")
     try:
         write_folder(folder, fill)
-        pointer = os.path.join(out, f".{LATEST}.{os.getpid()}")
         with open(pointer, "w") as f:
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(pointer, os.path.join(out, LATEST))
     except OSError as e:
+        if os.path.exists(pointer):
+            os.remove(pointer)
         raise CheckpointError(f"--out: saving the checkpoint of step {step} to {folder} failed "
                               f"({e.strerror or e}); the previous checkpoint is kept") from None
     _remove_older(out, keep)
@@ -117,6 +119,8 @@ def latest(out: str) -> str | None:
 
 def read_manifest(folder: str) -> dict:
     """The manifest of a checkpoint folder, after checking that every file it lists is complete and unchanged."""
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"checkpoint {folder} does not exist")
     try:
         with open(os.path.join(folder, MANIFEST)) as f:
             manifest = json.load(f)
