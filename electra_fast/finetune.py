@@ -1,23 +1,16 @@
 """After pretraining the generator is discarded: load the saved discriminator's encoder and fine-tune it."""
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 import torch.nn.functional as F
 
-from .models import Discriminator, EncoderConfig, Encoder, SequenceClassifier
+from .models import Encoder, SequenceClassifier, load_hugging_face_discriminator
 
 
 def load_discriminator_encoder(directory: str) -> Encoder:
-    """The encoder of a discriminator saved by `ElectraPretrainer.save_discriminator` (built-in models)."""
-    with open(os.path.join(directory, "config.json")) as f:
-        config = EncoderConfig(**json.load(f))
-    discriminator = Discriminator(config)
-    state = torch.load(os.path.join(directory, "discriminator.pt"), map_location="cpu", weights_only=True)
-    discriminator.load_state_dict(state)
-    return discriminator.encoder
+    """The built-in encoder of a Hugging Face ELECTRA discriminator folder (`config.json` +
+    `model.safetensors`), as `ElectraPretrainer.save_discriminator` writes it for either kind of model."""
+    return load_hugging_face_discriminator(directory).encoder
 
 
 def finetune_sequence_classifier(encoder: Encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor,

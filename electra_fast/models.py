@@ -9,6 +9,8 @@ dense to one logit per token. Presets follow the ELECTRA paper (Clark et al., 20
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -183,3 +185,102 @@ class SequenceClassifier(nn.Module):
     def forward(self, input_ids, attention_mask=None):
         first = self.encoder(input_ids, attention_mask)[:, 0]
         return self.out(self.dropout(F.gelu(self.dense(self.dropout(first)))))
+
+
+# ------------------------------------------------------------------------------------- Hugging Face ELECTRA format
+# The discriminator as transformers' ElectraForPreTraining: config.json + model.safetensors. Names map one to one
+# except attention, which Layer fuses into one qkv projection ([3H, H], rows q, k, v) and transformers keeps as
+# three.
+
+_HF_EMBEDDINGS = {"word": "word_embeddings", "position": "position_embeddings",
+                  "token_type": "token_type_embeddings", "norm": "LayerNorm"}
+_HF_LAYER = {"attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+             "ff_in": "intermediate.dense", "ff_out": "output.dense", "ff_norm": "output.LayerNorm"}
+_HF_QKV = ("query", "key", "value")
+_HF_HEAD = {"dense": "discriminator_predictions.dense", "out": "discriminator_predictions.dense_prediction"}
+
+
+def _hf_names(name: str) -> list[str]:
+    """The transformers names of a built-in Discriminator parameter: one, or q, k, v for the fused qkv (the
+    parameter is their concatenation along dim 0)."""
+    parts = name.split(".")
+    if parts[0] in _HF_HEAD:
+        return [f"{_HF_HEAD[parts[0]]}.{parts[1]}"]
+    if parts[1] == "embeddings":
+        return [f"electra.embeddings.{_HF_EMBEDDINGS[parts[2]]}.{parts[3]}"]
+    if parts[1] == "project":
+        return [f"electra.embeddings_project.{parts[2]}"]
+    layer = f"electra.encoder.layer.{parts[2]}"
+    if parts[3] == "qkv":
+        return [f"{layer}.attention.self.{part}.{parts[4]}" for part in _HF_QKV]
+    return [f"{layer}.{_HF_LAYER[parts[3]]}.{parts[4]}"]
+
+
+def hugging_face_config(c: EncoderConfig, **extra) -> dict:
+    """config.json of transformers' ElectraForPreTraining for an encoder config (`extra`: e.g. pad_token_id)."""
+    return {"architectures": ["ElectraForPreTraining"], "model_type": "electra", "vocab_size": c.vocab_size,
+            "embedding_size": c.embedding_size, "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers,
+            "num_attention_heads": c.num_heads, "intermediate_size": c.intermediate_size, "hidden_act": "gelu",
+            "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
+            "max_position_embeddings": c.max_position_embeddings, "type_vocab_size": c.type_vocab_size,
+            "layer_norm_eps": c.layer_norm_eps, "position_embedding_type": "absolute", **extra}
+
+
+def encoder_config_from_hugging_face(config: dict) -> EncoderConfig:
+    """The EncoderConfig of a transformers ELECTRA config.json (absolute positions and GELU only)."""
+    if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only ELECTRA configs with hidden_act 'gelu' and absolute positions map to the built-in "
+                         f"encoder, got {config.get('hidden_act')!r} / {config.get('position_embedding_type')!r}")
+    return EncoderConfig(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+                         num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
+                         intermediate_size=config["intermediate_size"],
+                         embedding_size=config.get("embedding_size", config["hidden_size"]),
+                         max_position_embeddings=config["max_position_embeddings"],
+                         type_vocab_size=config["type_vocab_size"], dropout=config["hidden_dropout_prob"],
+                         layer_norm_eps=config["layer_norm_eps"])
+
+
+def discriminator_to_hugging_face(discriminator: Discriminator) -> dict[str, torch.Tensor]:
+    """The discriminator's weights under transformers' ElectraForPreTraining names, q/k/v split; contiguous
+    copies that share no memory (safetensors' requirement)."""
+    state = {}
+    for name, tensor in discriminator.state_dict().items():
+        names = _hf_names(name)
+        for hf, piece in zip(names, tensor.detach().chunk(len(names), dim=0)):
+            state[hf] = piece.clone().contiguous()
+    return state
+
+
+def discriminator_from_hugging_face(config: dict, state: dict[str, torch.Tensor]) -> Discriminator:
+    """A built-in Discriminator from a transformers ElectraForPreTraining config.json dict and its weights.
+    Raises KeyError naming a missing weight."""
+    discriminator = Discriminator(encoder_config_from_hugging_face(config))
+    own = {name: torch.cat([state[hf] for hf in _hf_names(name)]) for name in discriminator.state_dict()}
+    discriminator.load_state_dict(own)
+    return discriminator
+
+
+def save_hugging_face_discriminator(discriminator: Discriminator, directory: str, **config_extra) -> None:
+    """Writes `directory/config.json` and `directory/model.safetensors`, which
+    transformers.ElectraForPreTraining.from_pretrained loads (`config_extra`: e.g. pad_token_id)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    save_file(discriminator_to_hugging_face(discriminator), os.path.join(directory, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(hugging_face_config(discriminator.encoder.config, **config_extra), f, indent=2)
+
+
+def load_hugging_face_discriminator(directory: str) -> Discriminator:
+    """The built-in Discriminator of a transformers ElectraForPreTraining folder (config.json +
+    model.safetensors), whether saved by `save_hugging_face_discriminator` or by transformers itself."""
+    from safetensors.torch import load_file
+
+    with open(os.path.join(directory, "config.json")) as f:
+        config = json.load(f)
+    state = load_file(os.path.join(directory, "model.safetensors"))
+    try:
+        return discriminator_from_hugging_face(config, state)
+    except KeyError as e:
+        raise ValueError(f"{directory}/model.safetensors is not an ELECTRA discriminator: it lacks {e}") from None

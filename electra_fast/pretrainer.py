@@ -7,8 +7,6 @@ ElectraForPreTraining.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import NamedTuple, Sequence
 
 import torch
@@ -16,7 +14,7 @@ from torch import nn
 
 from . import api
 from .masking import mask_tokens
-from .models import Discriminator, Generator, preset_configs
+from .models import Discriminator, Generator, preset_configs, save_hugging_face_discriminator
 
 OBJECTIVES = ("mle", "adversarial")
 
@@ -55,11 +53,8 @@ class _BuiltIn:
     def shared_embedding(self):
         return self.discriminator.encoder.embeddings.word.weight
 
-    def save_discriminator(self, directory):
-        os.makedirs(directory, exist_ok=True)
-        torch.save(self.discriminator.state_dict(), os.path.join(directory, "discriminator.pt"))
-        with open(os.path.join(directory, "config.json"), "w") as f:
-            json.dump(vars(self.discriminator.encoder.config), f, indent=2)
+    def save_discriminator(self, directory, pad_token_id):
+        save_hugging_face_discriminator(self.discriminator, directory, pad_token_id=pad_token_id)
 
 
 class _HuggingFace:
@@ -96,8 +91,8 @@ class _HuggingFace:
     def shared_embedding(self):
         return self.discriminator.electra.embeddings.word_embeddings.weight
 
-    def save_discriminator(self, directory):
-        self.discriminator.save_pretrained(directory)
+    def save_discriminator(self, directory, pad_token_id):
+        self.discriminator.save_pretrained(directory)  # its config already names its pad_token_id
 
 
 def _adapter(generator, discriminator):
@@ -158,8 +153,11 @@ class ElectraPretrainer(nn.Module):
         return self
 
     def save_discriminator(self, directory: str) -> None:
-        """Saves the discriminator alone (the generator is discarded after pretraining)."""
-        self._models.save_discriminator(directory)
+        """Saves the discriminator alone (the generator is discarded after pretraining) as a Hugging Face
+        ELECTRA checkpoint, `config.json` + `model.safetensors`, that transformers.ElectraForPreTraining and
+        electra_fast.finetune.load_discriminator_encoder load; for the built-in models the fused q/k/v
+        projection is split into transformers' three."""
+        self._models.save_discriminator(directory, self.pad_token_id)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ElectraOutput:
         if attention_mask is None:

@@ -1,5 +1,6 @@
-"""Pretrain a tiny ELECTRA for a few steps, keep only the discriminator, fine-tune it for sequence
-classification. Synthetic data, runs on a CPU in under a minute:
+"""Pretrain a tiny ELECTRA for a few steps, keep only the discriminator (saved as a Hugging Face ELECTRA
+checkpoint: config.json + model.safetensors), fine-tune it for sequence classification. Synthetic data, runs on a
+CPU in under a minute:
 
     python examples/finetune_classification.py
 """

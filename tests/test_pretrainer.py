@@ -176,6 +176,8 @@ def test_temperature_and_disallow_correct_are_used():
 
 def test_hugging_face_discriminator_loads_into_downstream_heads(tmp_path):
     transformers = pytest.importorskip("transformers")
+    from electra_fast.finetune import load_discriminator_encoder
+
     model = _hugging_face()
     ids, mask = _batch()
     model(ids, mask).loss.backward()
@@ -185,6 +187,12 @@ def test_hugging_face_discriminator_loads_into_downstream_heads(tmp_path):
         loaded = cls.from_pretrained(str(tmp_path))
         assert torch.equal(loaded.electra.embeddings.word_embeddings.weight,
                            model.discriminator.electra.embeddings.word_embeddings.weight)
+    # the same folder format as the built-in models': electra_fast.finetune reads it into the built-in encoder
+    encoder = load_discriminator_encoder(str(tmp_path)).eval()
+    with torch.no_grad():
+        theirs = model.discriminator.eval().electra(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = encoder(ids, mask)
+    assert torch.allclose(ours[mask.bool()], theirs[mask.bool()], rtol=1e-5, atol=1e-5)
 
 
 def test_builtin_discriminator_saves_and_fine_tunes(tmp_path):
@@ -192,6 +200,7 @@ def test_builtin_discriminator_saves_and_fine_tunes(tmp_path):
 
     model = _builtin()
     model.save_discriminator(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     encoder = load_discriminator_encoder(str(tmp_path))
     for a, b in zip(encoder.state_dict().values(), model.discriminator.encoder.state_dict().values()):
         assert torch.equal(a, b)
