@@ -168,9 +168,11 @@ class ElectraPretrainer(nn.Module):
         features = self._models.features(masked.masked_ids, attention_mask)
         rows = features.reshape(-1, features.shape[-1])[masked.positions]
         weight, bias = self._models.output()
-        mlm_loss, sampled, predicted = api.generator_loss_and_sample(
-            rows, weight, bias, masked.targets, temperature=self.temperature,
-            disallow_correct=self.disallow_correct)
+        # The adversarial objective reports the MLM loss without its gradient: the head need not compute it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.generator_objective == "mle"):
+            mlm_loss, sampled, predicted = api.generator_loss_and_sample(
+                rows, weight, bias, masked.targets, temperature=self.temperature,
+                disallow_correct=self.disallow_correct)
 
         noised = input_ids.clone()
         is_replaced = api.replace_(noised, masked.positions, sampled)
@@ -180,7 +182,6 @@ class ElectraPretrainer(nn.Module):
         gen_objective = mlm_loss
         if self.generator_objective == "adversarial":
             gen_objective = self._adversarial_objective(rows, weight, bias, sampled, masked.positions, disc_logits)
-            mlm_loss = mlm_loss.detach()
         loss = self.gen_weight * gen_objective + self.disc_weight * rtd
 
         with torch.no_grad():

@@ -142,12 +142,19 @@ def test_bf16_autocast_on_cpu():
 
 
 @pytest.mark.parametrize("make", MODELS)
-def test_adversarial_objective_trains_the_generator(make):
+def test_adversarial_objective_trains_the_generator(make, monkeypatch):
+    from electra_fast import ops
+
+    asked = []  # the gradients each head call asks its forward for, by reduction
+    forward_grads = ops._forward_grads
+    monkeypatch.setattr(ops, "_forward_grads", lambda backend, device, reduction, wanted, bias: (
+        asked.append((reduction, wanted)) or forward_grads(backend, device, reduction, wanted, bias)))
     model = make(generator_objective="adversarial")
     ids, mask = _batch()
     torch.manual_seed(0)
     out = model(ids, mask)
     assert not out.mlm_loss.requires_grad
+    assert ("mean", (False, False, False)) in asked  # the MLM loss, reported only, costs no gradient
     out.loss.backward()
     assert model.generator_objective == "adversarial"
     gen_params = [p for n, p in model.named_parameters() if n.startswith("generator.") and p.grad is not None]
