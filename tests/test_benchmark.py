@@ -145,7 +145,8 @@ def test_a_variant_that_cannot_run_is_reported_not_fatal(monkeypatch):
 
     monkeypatch.setattr(runner, "head_variants", with_a_broken_variant)
     report = benchmark.run(benchmark.Config(**{**TINY, "parts": ("head",)}), progress=False)
-    assert {(f["table"], f["variant"]) for f in report["failed"]} == {("head fwd", "broken"), ("head fwd+bwd", "broken")}
+    failed = {(f["table"], f["variant"]) for f in report["failed"]}
+    assert failed == {("head fwd", "broken"), ("head fwd+bwd", "broken")}
     assert report["failed"][0]["error"] == "RuntimeError: out of resource: shared memory, Required: 245760"
     assert {r["variant"] for r in report["rows"]} == {"eager", "compile", "electra-fast"}
     assert "FAILED head fwd+bwd / broken: RuntimeError" in benchmark.format_table(report)

@@ -6,7 +6,8 @@ Modules by job: `config` (what a run measures, defaults per device), `measure` (
 `steps` (the baselines), `report` (table, plot), `runner` (the run).
 """
 from .config import Config, bf16_supported
-from .heads import eager_head, fused_head, gumbel_sample, head_floor, head_inputs, head_peers, head_variants, op_variants
+from .heads import (eager_head, fused_head, gumbel_sample, head_floor, head_inputs, head_peers, head_variants,
+                    op_variants)
 from .measure import gemm_flops_per_second, peak_memory_mb, probe_memory, time_variants
 from .report import PLOT_INSTALL_HINT, Row, environment, format_table, plot, require_matplotlib
 from .runner import run, variants_of
