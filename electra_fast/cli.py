@@ -15,11 +15,20 @@ def _best_device() -> str:
 def bench(args) -> int:
     from . import benchmark
 
-    cfg = benchmark.Config(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
-                           num_layers=args.num_layers, head_rows=args.head_rows, vocab_size=args.vocab_size,
-                           dtype=args.dtype,
-                           device=args.device or _best_device(), warmup=args.warmup, repeats=args.repeats,
-                           memory=not args.no_memory, parts=tuple(args.parts))
+    if args.plot:  # before any timing: without matplotlib the plot would fail only after minutes of it
+        try:
+            benchmark.require_matplotlib()
+        except ModuleNotFoundError as error:
+            print(f"electra-fast bench: {error}", file=sys.stderr)
+            return 2
+    try:
+        cfg = benchmark.Config(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
+                               num_layers=args.num_layers, head_rows=args.head_rows, vocab_size=args.vocab_size,
+                               dtype=args.dtype, device=args.device or _best_device(), warmup=args.warmup,
+                               repeats=args.repeats, memory=not args.no_memory, parts=tuple(args.parts))
+    except ValueError as error:
+        print(f"electra-fast bench: {error}", file=sys.stderr)
+        return 2
     report = benchmark.run(cfg, progress=not args.quiet)
     print(benchmark.format_table(report))
     if args.json:
@@ -48,12 +57,14 @@ def main(argv=None) -> int:
 
     b = sub.add_parser("bench", help="tokens/sec of the ELECTRA step and per-op times against PyTorch baselines")
     b.add_argument("--preset", default="small", choices=["small", "base", "large"])
-    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--batch-size", type=int, default=None,
+                   help="default: 128 on CUDA (ELECTRA-Small's real batch), 8 on the CPU")
     b.add_argument("--seq-len", type=int, default=128)
     b.add_argument("--num-layers", type=int, default=None, help="override the preset's layer count")
     b.add_argument("--head-rows", type=int, default=2458, help="masked rows of the head benchmark")
     b.add_argument("--vocab-size", type=int, default=30522)
-    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="head inputs and step autocast; default: bfloat16 on CUDA where supported, else float32")
     b.add_argument("--device", default=None, help="cpu or cuda (default: the best present)")
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5)

@@ -1,10 +1,14 @@
-"""The benchmark harness and the CLI on tiny shapes (times are never asserted), and `electra-fast check`."""
+"""The benchmark harness and the CLI on tiny shapes (times are never asserted)."""
 import json
+import sys
+import types
 
 import pytest
 import torch
 
-from electra_fast import benchmark, check, cli
+import electra_fast
+from electra_fast import benchmark, cli
+from electra_fast.benchmark import runner
 
 TINY = dict(preset="small", batch_size=2, seq_len=16, num_layers=1, head_rows=32, vocab_size=500, warmup=1,
             repeats=1, memory=False, parts=("head", "ops", "step"))
@@ -51,7 +55,7 @@ def test_variants_train_the_same_models_on_the_same_batch():
 def test_eager_and_eager_full_compute_the_same_loss():
     cfg = benchmark.Config(**TINY)
     torch.manual_seed(0)
-    pretrainer = benchmark.electra_fast.ElectraPretrainer.from_preset(
+    pretrainer = electra_fast.ElectraPretrainer.from_preset(
         "small", vocab_size=500, mask_token_id=103, special_token_ids=(101, 102), num_layers=1, dropout=0.0)
     ids, mask = benchmark.step_inputs(cfg, torch.device("cpu"))
     losses = []
@@ -62,7 +66,7 @@ def test_eager_and_eager_full_compute_the_same_loss():
 
 
 def test_peak_memory_probe_in_a_subprocess():
-    mb = benchmark._probe_memory(benchmark.Config(**TINY), "head fwd+bwd", "electra-fast")
+    mb = benchmark.probe_memory(benchmark.Config(**TINY), "head fwd+bwd", "electra-fast")
     assert mb is not None and mb >= 0
 
 
@@ -79,6 +83,72 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     assert "head fwd+bwd" in capsys.readouterr().out
 
 
-def test_check_passes_on_the_cpu(capsys):
-    assert check.main("cpu") == 0
-    assert "0 failed" in capsys.readouterr().out
+def test_plot_without_matplotlib_fails_before_any_timing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+
+    def timing_started(*args, **kwargs):
+        raise AssertionError("the benchmark ran before --plot was checked")
+
+    monkeypatch.setattr(benchmark, "run", timing_started)
+    argv = ["bench", "--quiet", "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pip install matplotlib" in err and "electra-fast[plot]" in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_bad_configuration_is_an_error_naming_the_argument(capsys):
+    with pytest.raises(ValueError, match="batch_size"):
+        benchmark.Config(batch_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        benchmark.Config(dtype="float64")
+    with pytest.raises(ValueError, match="parts"):
+        benchmark.Config(parts=("head", "heads"))
+    assert cli.main(["bench", "--seq-len", "0", "--quiet"]) == 2
+    assert "seq_len" in capsys.readouterr().err
+
+
+def test_defaults_follow_the_device(monkeypatch):
+    cpu = benchmark.Config(device="cpu")
+    assert (cpu.batch_size, cpu.seq_len, cpu.dtype) == (8, 128, "float32")
+    for supported, dtype in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+        cuda = benchmark.Config(device="cuda")
+        assert (cuda.batch_size, cuda.seq_len, cuda.dtype) == (128, 128, dtype)
+    explicit = benchmark.Config(device="cuda:0", batch_size=4, dtype="float16")
+    assert (explicit.batch_size, explicit.dtype) == (4, "float16")
+    assert benchmark.Config(preset="base").hidden_size == 768
+    assert benchmark.Config(preset="base", head_hidden=4096).hidden_size == 4096
+
+
+def test_peers_run_in_exact_mode(monkeypatch):
+    calls = []
+    fake = types.ModuleType("cut_cross_entropy")
+    fake.linear_cross_entropy = lambda h, w, t, impl: calls.append(impl)
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", fake)
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)
+    for device, dtype, want in (("cuda", torch.bfloat16, "cce_exact"), ("cpu", torch.float32, "torch_compile")):
+        peers = benchmark.head_peers(torch.device(device), dtype)
+        assert set(peers) == {"cce (loss only)"}
+        peers["cce (loss only)"](None, None, None, None)
+        assert calls[-1] == want
+    assert benchmark.head_peers(torch.device("cuda"), torch.float32) == {}  # CCE's Triton path: bf16/fp16 only
+
+
+def test_a_variant_that_cannot_run_is_reported_not_fatal(monkeypatch):
+    def with_a_broken_variant(cfg, **kwargs):
+        variants = benchmark.head_variants(cfg, **kwargs)
+
+        def broken():
+            raise RuntimeError("out of resource: shared memory, Required: 245760\nHardware limit: 232448")
+        return {**variants, "broken": broken}
+
+    monkeypatch.setattr(runner, "head_variants", with_a_broken_variant)
+    report = benchmark.run(benchmark.Config(**{**TINY, "parts": ("head",)}), progress=False)
+    failed = {(f["table"], f["variant"]) for f in report["failed"]}
+    assert failed == {("head fwd", "broken"), ("head fwd+bwd", "broken")}
+    assert report["failed"][0]["error"] == "RuntimeError: out of resource: shared memory, Required: 245760"
+    assert {r["variant"] for r in report["rows"]} == {"eager", "compile", "electra-fast"}
+    assert "FAILED head fwd+bwd / broken: RuntimeError" in benchmark.format_table(report)
+    with pytest.raises(RuntimeError, match="out of resource"):  # without somewhere to record it, it propagates
+        benchmark.time_variants(with_a_broken_variant(benchmark.Config(**TINY)), torch.device("cpu"), 1, 1)
