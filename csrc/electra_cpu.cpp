@@ -121,7 +121,9 @@ void head_forward_tile(uintptr_t logits_p, int64_t rows, int64_t width, int64_t 
       const int64_t n = std::min(kChunk, width - a);
       const float* xc = x + a;
       float m = kNegInf;
-      bool nan = false;
+      int nan = 0;
+      // Without the simd reduction the compiler keeps this loop scalar (a float max is not associative to it).
+#pragma omp simd reduction(max : m) reduction(| : nan)
       for (int64_t k = 0; k < n; ++k) {
         m = xc[k] > m ? xc[k] : m;
         nan |= xc[k] != xc[k];

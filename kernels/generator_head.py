@@ -5,6 +5,8 @@ loss, the argmax and the sampler's chunk log-masses (and, when the gradients are
 cuBLAS turns the gradient tile into d hidden = G @ W and d weight += G.T @ h. Three matrix products in all
 (6 N H V flops); everything else is a pass over a chunk that is still in cache or HBM.
 """
+import functools
+
 import torch
 
 from ..tensor_checks import require
@@ -13,8 +15,23 @@ from .sample_logits import fold_rows, softmax_grad
 from .sampler import sample
 
 
-# cuBLAS products of float16/bfloat16 operands with a float32 result (torch >= 2.8 on CUDA).
-_FLOAT32_OUT = hasattr(torch.ops.aten.mm, "dtype") and hasattr(torch.ops.aten.addmm, "dtype_out")
+@functools.cache
+def _float32_out(device: torch.device, dtype: torch.dtype) -> tuple[bool, bool]:
+    """Whether this torch multiplies float16/bfloat16 matrices on `device` into a float32 result (torch >= 2.8 on
+    CUDA: `mm(out_dtype=)`), and accumulates such a product into a float32 tensor in place (`addmm(out_dtype=,
+    out=)`, refused by some versions). Asked once per device and dtype, on 2 x 2 matrices."""
+    if device.type != "cuda":
+        return False, False
+    a = torch.ones(2, 2, dtype=dtype, device=device)
+    acc = torch.zeros(2, 2, dtype=torch.float32, device=device)
+    supported = []
+    for product in (lambda: torch.mm(a, a, out_dtype=torch.float32),
+                    lambda: torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)):
+        try:
+            supported.append(bool((product() == 2).all()))
+        except (TypeError, RuntimeError, NotImplementedError):
+            supported.append(False)
+    return supported[0], supported[1] and bool((acc == 2).all())
 
 
 def _mm_float32(a, b):
@@ -23,7 +40,7 @@ def _mm_float32(a, b):
     input dtype, which would move samples), else upcast."""
     if a.dtype == torch.float32:
         return torch.mm(a, b)
-    if a.is_cuda and _FLOAT32_OUT:
+    if _float32_out(a.device, a.dtype)[0]:
         return torch.mm(a, b, out_dtype=torch.float32)
     return torch.mm(a.float(), b.float())
 
@@ -32,7 +49,7 @@ def _addmm_float32_(acc, a, b):
     """acc += a @ b for a float32 accumulator, in one GEMM pass over acc where cuBLAS can (beta = 1)."""
     if a.dtype == torch.float32:
         acc.addmm_(a, b)
-    elif a.is_cuda and _FLOAT32_OUT:
+    elif _float32_out(a.device, a.dtype)[1]:
         torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
     else:
         acc += _mm_float32(a, b)
