@@ -23,6 +23,13 @@ def _backend(name: str, device: torch.device) -> backends.Backend:
     return backends.get(settings.resolve_backend(name, device))
 
 
+def _autocast_off(device: torch.device):
+    """Autocast stays on inside a custom op's body; the public wrappers have already cast the inputs, and casting
+    again there would give the reference bfloat16 logits where the kernels keep float32 ones (and different
+    samples), so every backend runs with it off."""
+    return torch.autocast(device.type, enabled=False)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Value checks (inside the ops).
 
@@ -63,12 +70,16 @@ def _loss_shape(n: int, reduction: str):
 # generator_loss_and_sample
 
 
-def _forward_grads(backend: str, device: torch.device, reduction: str, wanted: tuple, bias) -> tuple:
+def _forward_grads(backend: str, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], reduction: str,
+                   wanted: tuple) -> tuple:
     """Which of (d hidden, d weight, d bias) the head's forward computes: those wanted, where the upstream
     gradient is a scalar (mean or sum: the backward only scales them) and the backend computes gradients in its
-    forward pass."""
-    impl = _backend(backend, device)
-    if reduction == "none" or not impl.GRADS_IN_FORWARD:
+    forward pass; never for float16, whose gradient tile, written before a loss scaler's factor is known, would
+    underflow (entries near 1 / (N V)). Decided from names and dtypes alone, so the fake agrees (on meta too)."""
+    if backend == "auto":
+        backend = "triton" if hidden.device.type == "cuda" else "cpp"
+    if (reduction == "none" or not backends.get(backend).GRADS_IN_FORWARD
+            or torch.float16 in (hidden.dtype, weight.dtype)):
         return False, False, False
     return wanted[0], wanted[1], wanted[2] and bias is not None
 
@@ -88,9 +99,10 @@ def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Ten
     gradients are those of the loss for a unit upstream gradient where the forward computes them (see
     `_forward_grads`), else empty tensors. See `electra_fast.generator_loss_and_sample`."""
     _check_ids("targets", targets, weight.shape[0], ignore_index)
-    grads = _forward_grads(backend, hidden.device, reduction, (grad_hidden, grad_weight, grad_bias), bias)
-    loss, sampled, predicted, stats, dh, dw, db = _backend(backend, hidden.device).head_forward(
-        hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction, grads)
+    grads = _forward_grads(backend, hidden, weight, bias, reduction, (grad_hidden, grad_weight, grad_bias))
+    with _autocast_off(hidden.device):
+        loss, sampled, predicted, stats, dh, dw, db = _backend(backend, hidden.device).head_forward(
+            hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction, grads)
     return (loss, sampled, predicted, stats, _grad_or_empty(dh, hidden, grads[0], hidden),
             _grad_or_empty(dw, weight, grads[1], hidden), _grad_or_empty(db, bias, grads[2], hidden))
 
@@ -99,7 +111,7 @@ def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Ten
 def _(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction, backend,
       grad_hidden, grad_weight, grad_bias):
     n = hidden.shape[0]
-    grads = _forward_grads(backend, hidden.device, reduction, (grad_hidden, grad_weight, grad_bias), bias)
+    grads = _forward_grads(backend, hidden, weight, bias, reduction, (grad_hidden, grad_weight, grad_bias))
     loss = hidden.new_empty(_loss_shape(n, reduction), dtype=compute_dtype(hidden, weight, bias))
     ids = hidden.new_empty((n,), dtype=torch.int64)
     return (loss, ids, torch.empty_like(ids), hidden.new_empty((n, 2), dtype=torch.float32),
@@ -113,8 +125,9 @@ def generator_head_backward(grad_loss: Tensor, hidden: Tensor, weight: Tensor, b
                             backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of the fused head's loss, recomputing the logits: (d hidden, d weight, d bias or an empty
     tensor), each in its input's dtype."""
-    dh, dw, db = _backend(backend, hidden.device).head_backward(grad_loss, hidden, weight, bias, targets, stats,
-                                                                ignore_index, reduction)
+    with _autocast_off(hidden.device):
+        dh, dw, db = _backend(backend, hidden.device).head_backward(grad_loss, hidden, weight, bias, targets,
+                                                                    stats, ignore_index, reduction)
     db = hidden.new_empty((0,)) if db is None else db.to(bias.dtype)
     return dh.to(hidden.dtype), dw.to(weight.dtype), db
 
@@ -128,7 +141,7 @@ def _(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction, 
 def _head_setup_context(ctx, inputs, output):
     hidden, weight, bias, targets, _seed, _temperature, _disallow, ignore_index, reduction, backend, *wanted = inputs
     ctx.backend = settings.resolve_backend(backend, hidden.device)
-    ctx.in_forward = _forward_grads(backend, hidden.device, reduction, tuple(wanted), bias)
+    ctx.in_forward = _forward_grads(backend, hidden, weight, bias, reduction, tuple(wanted))
     ctx.ignore_index, ctx.reduction, ctx.has_bias = ignore_index, reduction, bias is not None
     ctx.save_for_backward(hidden, weight, bias, targets, output[3], *output[4:])
 
@@ -161,8 +174,9 @@ def sample_logits(logits: Tensor, targets: Optional[Tensor], seed: Tensor, tempe
     """(loss, sampled, predicted, stats) of logits [N, V]; the loss is 0 when targets is None."""
     if targets is not None:
         _check_ids("targets", targets, logits.shape[1], ignore_index)
-    loss, sampled, predicted, stats = _backend(backend, logits.device).logits_forward(
-        logits, targets, seed, temperature, disallow_correct, ignore_index, reduction)
+    with _autocast_off(logits.device):
+        loss, sampled, predicted, stats = _backend(backend, logits.device).logits_forward(
+            logits, targets, seed, temperature, disallow_correct, ignore_index, reduction)
     if loss is None:
         loss = logits.new_zeros(_loss_shape(logits.shape[0], reduction), dtype=compute_dtype(logits))
     return loss, sampled, predicted, stats
@@ -180,8 +194,9 @@ def _(logits, targets, seed, temperature, disallow_correct, ignore_index, reduct
 def sample_logits_backward(grad_loss: Tensor, logits: Tensor, targets: Tensor, stats: Tensor, ignore_index: int,
                            reduction: str, backend: str) -> Tensor:
     """d loss / d logits, in the logits' dtype."""
-    grad = _backend(backend, logits.device).logits_backward(grad_loss, logits, targets, stats, ignore_index,
-                                                            reduction)
+    with _autocast_off(logits.device):
+        grad = _backend(backend, logits.device).logits_backward(grad_loss, logits, targets, stats, ignore_index,
+                                                                reduction)
     return grad.to(logits.dtype)
 
 
@@ -238,7 +253,8 @@ def rtd_loss(logits: Tensor, is_replaced: Tensor, attention_mask: Optional[Tenso
     """(loss, d loss / d logits for a unit upstream gradient [B, T], float32 or float64 like the loss)."""
     _check_binary("is_replaced", is_replaced)
     _check_binary("attention_mask", attention_mask)
-    loss, grad = _backend(backend, logits.device).rtd_forward(logits, is_replaced, attention_mask, reduction)
+    with _autocast_off(logits.device):
+        loss, grad = _backend(backend, logits.device).rtd_forward(logits, is_replaced, attention_mask, reduction)
     return loss, grad.to(compute_dtype(logits))
 
 

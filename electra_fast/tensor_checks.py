@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import torch
 
+KERNEL_FLOATS = (torch.float16, torch.bfloat16, torch.float32)  # the float dtypes the kernels read and write
+
 
 def require(name: str, t: Optional[torch.Tensor], *, device: Optional[torch.device] = None,
             dtypes: Optional[Sequence[torch.dtype]] = None, contiguous: bool = False,

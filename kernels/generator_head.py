@@ -9,7 +9,7 @@ import functools
 
 import torch
 
-from ..tensor_checks import require
+from ..tensor_checks import KERNEL_FLOATS, require
 from . import configs
 from .sample_logits import fold_rows, softmax_grad
 from .sampler import sample
@@ -38,11 +38,19 @@ def _mm_float32(a, b):
     """a @ b with a float32 result: float32 operands as they are (TF32 only where torch allows it), float16 and
     bfloat16 operands through cuBLAS with float32 output where torch offers it (no rounding of the logits to the
     input dtype, which would move samples), else upcast."""
-    if a.dtype == torch.float32:
+    if a.dtype == b.dtype == torch.float32:
         return torch.mm(a, b)
-    if _float32_out(a.device, a.dtype)[0]:
+    if a.dtype == b.dtype and _float32_out(a.device, a.dtype)[0]:
         return torch.mm(a, b, out_dtype=torch.float32)
     return torch.mm(a.float(), b.float())
+
+
+def _logits_operand(weight):
+    """weight as the logits GEMM takes it: as it is where that GEMM gives float32 results from its dtype, else
+    upcast once for all chunks rather than once per chunk."""
+    if weight.dtype == torch.float32 or _float32_out(weight.device, weight.dtype)[0]:
+        return weight
+    return weight.float()
 
 
 def _addmm_float32_(acc, a, b):
@@ -57,7 +65,7 @@ def _addmm_float32_(acc, a, b):
 
 def _check_head(hidden, weight, bias, targets, row_scale):
     """What the head's launchers rely on; returns (N, V)."""
-    n, h = require("hidden", hidden, dtypes=(torch.float16, torch.bfloat16, torch.float32)).shape
+    n, h = require("hidden", hidden, dtypes=KERNEL_FLOATS).shape
     dev = hidden.device
     v = require("weight", weight, device=dev, dtypes=(hidden.dtype,)).shape[0]
     require("weight", weight, shape=(v, h))
@@ -91,7 +99,7 @@ def _gradient_buffers(hidden, weight, bias, grads):
 
 def head_forward(hidden, weight, bias, targets, seed, row_scale, *, ignore_index, temperature, disallow_correct,
                  grads, budget, interpret=False):
-    """hidden [N, H] and weight [V, H] of one dtype (float16/bfloat16/float32, weight's rows contiguous), bias [V]
+    """hidden [N, H] and weight [V, H] of one dtype (float16/bfloat16/float32, any strides), bias [V]
     contiguous | None, targets [N] int64 contiguous, seed a 1-element int64 tensor on the device, row_scale [N]
     float32 (d loss / d row loss for a unit upstream gradient; used when any of `grads` = (d hidden, d weight,
     d bias) is wanted). Returns (stats [N, 2], row_loss [N], predicted [N], sampled [N], grad_hidden [N, H] in
@@ -105,8 +113,9 @@ def head_forward(hidden, weight, bias, targets, seed, row_scale, *, ignore_index
     sampled = torch.empty(n, dtype=torch.int64, device=dev)
     grad_hidden, grad_weight, grad_bias = _gradient_buffers(hidden, weight, bias, grads)
     write_grad = any(grads)
+    w_logits = _logits_operand(weight)
     for r0, rows in _chunks(n, v, hidden.dtype if write_grad else None, budget):
-        logits = _mm_float32(hidden[r0:r0 + rows], weight.T)
+        logits = _mm_float32(hidden[r0:r0 + rows], w_logits.T)
         g = torch.empty(rows, v, dtype=hidden.dtype, device=dev) if write_grad else None
         chunk_targets = targets[r0:r0 + rows]
         chunk_stats, chunk_loss, chunk_predicted, chunk_lse = fold_rows(
@@ -130,8 +139,9 @@ def head_backward(hidden, weight, bias, targets, stats, row_scale, *, budget, in
     n, v = _check_head(hidden, weight, bias, targets, row_scale)
     require("stats", stats, device=hidden.device, dtypes=(torch.float32,), contiguous=True, shape=(n, 2))
     grad_hidden, grad_weight, grad_bias = _gradient_buffers(hidden, weight, bias, (True, True, True))
+    w_logits = _logits_operand(weight)
     for r0, rows in _chunks(n, v, hidden.dtype, budget):
-        logits = _mm_float32(hidden[r0:r0 + rows], weight.T)
+        logits = _mm_float32(hidden[r0:r0 + rows], w_logits.T)
         g = softmax_grad(logits, bias, targets[r0:r0 + rows], stats[r0:r0 + rows], row_scale[r0:r0 + rows],
                          out=torch.empty(rows, v, dtype=hidden.dtype, device=hidden.device), interpret=interpret)
         del logits

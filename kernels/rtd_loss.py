@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tensor_checks import require
+from ..tensor_checks import KERNEL_FLOATS, require
 from . import configs
 
 
@@ -30,7 +30,7 @@ def _rtd_kernel(logits_ptr, stride_b, stride_t, labels_ptr, weights_ptr, loss_pt
 def rtd_forward(logits, labels, weights, *, interpret=False):
     """logits [B, T] float (any strides), labels [B, T] and weights [B, T] | None contiguous 0/1 (bool or int).
     Returns (per-token weighted loss, d(sum)/d logits), float32 [B, T]."""
-    b, t = require("logits", logits, dtypes=(torch.float16, torch.bfloat16, torch.float32)).shape
+    b, t = require("logits", logits, dtypes=KERNEL_FLOATS).shape
     require("labels", labels, device=logits.device, contiguous=True, shape=(b, t))
     require("weights", weights, device=logits.device, contiguous=True, shape=(b, t), optional=True)
     loss = torch.empty(b, t, dtype=torch.float32, device=logits.device)

@@ -11,18 +11,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tensor_checks import require
+from ..tensor_checks import KERNEL_FLOATS, require
 from . import configs
 from .helpers import empty_row_state, finish_rows, fold_logits_tile, softmax_grad_tile, store_chunk_lse
 
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
 def _check_rows(logits, bias, targets):
     """What both launchers rely on: logits [N, V] of a kernel dtype, bias [V] and targets [N] beside it."""
-    n, v = require("logits", logits, dtypes=FLOAT_DTYPES).shape
-    require("bias", bias, device=logits.device, dtypes=FLOAT_DTYPES, contiguous=True, shape=(v,), optional=True)
+    n, v = require("logits", logits, dtypes=KERNEL_FLOATS).shape
+    require("bias", bias, device=logits.device, dtypes=KERNEL_FLOATS, contiguous=True, shape=(v,), optional=True)
     require("targets", targets, device=logits.device, dtypes=(torch.int64,), contiguous=True, shape=(n,))
 
 
@@ -79,7 +76,7 @@ def fold_rows(logits, bias, targets, *, ignore_index, temperature, disallow_corr
     n_chunks = triton.cdiv(v, configs.CHUNK)
     dev = logits.device
     _check_rows(logits, bias, targets)
-    require("grad", grad, device=dev, dtypes=FLOAT_DTYPES, contiguous=True, shape=(n, v), optional=True)
+    require("grad", grad, device=dev, dtypes=KERNEL_FLOATS, contiguous=True, shape=(n, v), optional=True)
     require("row_scale", row_scale, device=dev, dtypes=(torch.float32,), contiguous=True, shape=(n,),
             optional=grad is None)
     stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
@@ -120,7 +117,7 @@ def softmax_grad(logits, bias, targets, stats, row_scale, *, out=None, interpret
     _check_rows(logits, bias, targets)
     require("stats", stats, device=logits.device, dtypes=(torch.float32,), contiguous=True, shape=(n, 2))
     require("row_scale", row_scale, device=logits.device, dtypes=(torch.float32,), contiguous=True, shape=(n,))
-    require("out", out, device=logits.device, dtypes=FLOAT_DTYPES, contiguous=True, shape=(n, v), optional=True)
+    require("out", out, device=logits.device, dtypes=KERNEL_FLOATS, contiguous=True, shape=(n, v), optional=True)
     grad = torch.empty(n, v, dtype=torch.float32, device=logits.device) if out is None else out
     if n == 0:
         return grad

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tensor_checks import require
+from ..tensor_checks import KERNEL_FLOATS, require
 from . import configs
 from .helpers import first_argmax, gumbel_noise
 
@@ -59,10 +59,10 @@ def sample(logits, bias, chunk_lse, seed, targets, *, ignore_index, temperature,
     (contiguous) | None, given their chunk log-masses [N, C] float32 (contiguous, from `fold_rows`); targets [N]
     int64 contiguous; seed a 1-element int64 tensor on the device. The rows are rows row_offset.. of the call
     (their noise stream). Written into `out` ([N] int64) when given. `config` overrides `configs.sampler`."""
-    n, v = require("logits", logits, dtypes=(torch.float16, torch.bfloat16, torch.float32)).shape
+    n, v = require("logits", logits, dtypes=KERNEL_FLOATS).shape
     dev = logits.device
     n_chunks = triton.cdiv(v, configs.CHUNK)
-    require("bias", bias, device=dev, dtypes=(torch.float16, torch.bfloat16, torch.float32), contiguous=True, shape=(v,),
+    require("bias", bias, device=dev, dtypes=KERNEL_FLOATS, contiguous=True, shape=(v,),
             optional=True)
     require("chunk_lse", chunk_lse, device=dev, dtypes=(torch.float32,), contiguous=True, shape=(n, n_chunks))
     require("seed", seed, device=dev, dtypes=(torch.int64,), shape=(1,))

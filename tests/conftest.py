@@ -47,13 +47,6 @@ def interpreted(backend: str) -> bool:
     return backend == "triton" and TRITON_INTERPRET
 
 
-def dtypes_for(backend: str):
-    """The interpreter's bf16/fp16 tl.dot is wrong: it runs float32 only."""
-    if interpreted(backend):
-        return [torch.float32]
-    return [torch.float32, torch.bfloat16, torch.float16]
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
     """Makes torch.empty / empty_like return poisoned memory (NaN, or -7 for integers) while the test runs, so

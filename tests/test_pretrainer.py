@@ -147,8 +147,8 @@ def test_adversarial_objective_trains_the_generator(make, monkeypatch):
 
     asked = []  # the gradients each head call asks its forward for, by reduction
     forward_grads = ops._forward_grads
-    monkeypatch.setattr(ops, "_forward_grads", lambda backend, device, reduction, wanted, bias: (
-        asked.append((reduction, wanted)) or forward_grads(backend, device, reduction, wanted, bias)))
+    monkeypatch.setattr(ops, "_forward_grads", lambda backend, hidden, weight, bias, reduction, wanted: (
+        asked.append((reduction, wanted)) or forward_grads(backend, hidden, weight, bias, reduction, wanted)))
     model = make(generator_objective="adversarial")
     ids, mask = _batch()
     torch.manual_seed(0)

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import electra_fast
-from electra_fast import reference
-from conftest import dtypes_for, interpreted
+from electra_fast import backends, reference
+from conftest import interpreted
 from helpers import assert_samples_match, rel_err
 
 
@@ -13,27 +13,41 @@ def _logits(n, v, device, dtype=torch.float32):
     return (torch.randn(n, v) * 2.5).to(dtype=dtype, device=device)
 
 
+def _errors_against_truth(device, backend, n, v, reduction):
+    """(loss error, gradient error) of the backend under test against plain float64 autograd through the
+    definitions (independent of any backend), after checking dtypes, samples and argmax."""
+    logits = _logits(n, v, device).requires_grad_()
+    targets = torch.randint(0, v, (n,), device=device)
+    targets[::3] = -100
+    seed = int(torch.randint(0, 2**62, ()))
+    loss, sampled, predicted = electra_fast.sample_logits(logits, targets, seed=seed, reduction=reduction)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    truth = logits.detach().cpu().double().requires_grad_()
+    t_loss = reference.cross_entropy(truth, targets.cpu(), -100, reduction)
+    (t_grad,) = torch.autograd.grad(t_loss.sum(), truth)
+    t_sampled = reference.sample_from_logits(truth.detach(), targets.cpu(), torch.tensor(seed))
+    assert grad.dtype == logits.dtype
+    assert_samples_match(sampled, t_sampled, truth.detach(), seed=seed)
+    assert torch.equal(predicted.cpu(), reference.predicted_ids(truth.detach()))
+    return rel_err(loss.cpu(), t_loss), rel_err(grad.cpu(), t_grad)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_matches_float64_reference(target, reduction, poisoned):
     backend, device = target
     shapes = [(1, 7), (19, 1031)] if interpreted(backend) else [(1, 7), (19, 1031), (64, 30522)]
     for n, v in shapes:
-        logits = _logits(n, v, device).requires_grad_()
-        targets = torch.randint(0, v, (n,), device=device)
-        targets[::3] = -100
-        seed = int(torch.randint(0, 2**62, ()))
-        loss, sampled, predicted = electra_fast.sample_logits(logits, targets, seed=seed, reduction=reduction)
-        (grad,) = torch.autograd.grad(loss.sum(), logits)
-        # The truth: plain float64 autograd through the definitions, independent of any backend.
-        truth = logits.detach().cpu().double().requires_grad_()
-        t_loss = reference.cross_entropy(truth, targets.cpu(), -100, reduction)
-        (t_grad,) = torch.autograd.grad(t_loss.sum(), truth)
-        t_sampled = reference.sample_from_logits(truth.detach(), targets.cpu(), torch.tensor(seed))
-        t_predicted = reference.predicted_ids(truth.detach())
-        assert rel_err(loss.cpu(), t_loss) <= 1e-5 and rel_err(grad.cpu(), t_grad) <= 1e-5
-        assert grad.dtype == logits.dtype
-        assert_samples_match(sampled, t_sampled, truth.detach(), seed=seed)
-        assert torch.equal(predicted.cpu(), t_predicted)
+        loss_error, grad_error = _errors_against_truth(device, backend, n, v, reduction)
+        assert loss_error <= 1e-5 and grad_error <= 1e-5, (n, v, loss_error, grad_error)
+
+
+def test_gradient_check_fails_when_a_backend_gradient_is_perturbed(target, monkeypatch):
+    backend, device = target
+    impl = backends.get(backend)
+    backward = impl.logits_backward
+    monkeypatch.setattr(impl, "logits_backward", lambda *args: backward(*args) * (1 + 1e-4))
+    loss_error, grad_error = _errors_against_truth(device, backend, 19, 1031, "mean")
+    assert loss_error <= 1e-5 < 5e-5 < grad_error
 
 
 def test_without_targets(target):
@@ -61,8 +75,6 @@ def test_ignored_rows_still_sampled(target):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_no_worse_than_eager(target, dtype):
     backend, device = target
-    if dtype not in dtypes_for(backend):
-        pytest.skip("the Triton interpreter runs float32 only")
     logits = _logits(50, 1031, device, dtype).requires_grad_()
     targets = torch.randint(0, 1031, (50,), device=device)
     loss, _, _ = electra_fast.sample_logits(logits, targets)

@@ -27,8 +27,8 @@ class Backend(Protocol):
         """The fused head: hidden [N, H], weight [V, H], bias [V] | None, targets [N], seed 0-dim int64.
         Returns (loss (0-dim, or [N] for "none"), sampled [N] int64, predicted [N] int64, stats [N, 2],
         grad_hidden [N, H] | None, grad_weight [V, H] | None, grad_bias [V] | None): the gradients of the loss
-        for a unit upstream gradient, for those `grads` asks for, where the backend computes them in the
-        forward pass (reduction "mean" or "sum" only); None where it leaves them to `head_backward`."""
+        for a unit upstream gradient, exactly those `grads` asks for (the ops ask only a backend whose
+        GRADS_IN_FORWARD is True, only for reduction "mean" or "sum"), None for the others."""
 
     def head_backward(self, grad_loss: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
                       targets: Tensor, stats: Tensor, ignore_index: int, reduction: str) -> tuple:

@@ -8,9 +8,9 @@ import torch
 from .. import settings
 from ..kernels import generator_head, replace as replace_kernel, rtd_loss, sample_logits, sampler
 from ..reference import compute_dtype, reduce_rows, row_scale
+from ..tensor_checks import KERNEL_FLOATS
 
 GRADS_IN_FORWARD = True  # the head's forward writes the gradient tiles while each logits chunk is at hand
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INTERPRET = settings.TRITON_INTERPRET
 
 
@@ -18,7 +18,7 @@ def _head_dtype(*tensors) -> torch.dtype:
     """One dtype for the head's matrix products: the inputs' own when they agree on a kernel dtype, float32
     otherwise (mixed dtypes outside autocast, float64)."""
     dtypes = {t.dtype for t in tensors if t is not None}
-    return dtypes.pop() if len(dtypes) == 1 and next(iter(dtypes)) in _KERNEL_DTYPES else torch.float32
+    return dtypes.pop() if len(dtypes) == 1 and next(iter(dtypes)) in KERNEL_FLOATS else torch.float32
 
 
 def _head_inputs(hidden, weight, bias, targets):
@@ -29,7 +29,7 @@ def _head_inputs(hidden, weight, bias, targets):
 
 def _kernel_dtype(t: torch.Tensor) -> torch.Tensor:
     """float64 has no fast path in the kernels (internal math is float32 anyway): it runs as float32."""
-    return t if t.dtype in _KERNEL_DTYPES else t.to(torch.float32)
+    return t if t.dtype in KERNEL_FLOATS else t.to(torch.float32)
 
 
 def _seed_on(seed: torch.Tensor, device: torch.device) -> torch.Tensor:
