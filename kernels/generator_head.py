@@ -92,7 +92,7 @@ def _add_gradients(g, hidden, weight, r0, grad_hidden, grad_weight, grad_bias):
 
 def _gradient_buffers(hidden, weight, bias, grads):
     dev = hidden.device
-    return (torch.empty_like(hidden) if grads[0] else None,
+    return (torch.empty(hidden.shape, dtype=hidden.dtype, device=dev) if grads[0] else None,
             torch.zeros(weight.shape, dtype=torch.float32, device=dev) if grads[1] else None,
             torch.zeros(weight.shape[0], dtype=torch.float32, device=dev) if grads[2] and bias is not None else None)
 
