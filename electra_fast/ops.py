@@ -76,9 +76,7 @@ def _forward_grads(backend: str, hidden: Tensor, weight: Tensor, bias: Optional[
     gradient is a scalar (mean or sum: the backward only scales them) and the backend computes gradients in its
     forward pass; never for float16, whose gradient tile, written before a loss scaler's factor is known, would
     underflow (entries near 1 / (N V)). Decided from names and dtypes alone, so the fake agrees (on meta too)."""
-    if backend == "auto":
-        backend = "triton" if hidden.device.type == "cuda" else "cpp"
-    if (reduction == "none" or not backends.get(backend).GRADS_IN_FORWARD
+    if (reduction == "none" or not backends.get(settings.backend_name(backend, hidden.device)).GRADS_IN_FORWARD
             or torch.float16 in (hidden.dtype, weight.dtype)):
         return False, False, False
     return wanted[0], wanted[1], wanted[2] and bias is not None

@@ -61,13 +61,20 @@ def logits_budget() -> int:
     return _settings["logits_budget"]
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """The concrete backend ("triton", "cpp" or "reference") that `name` means for tensors on `device`, or a
-    ValueError saying why it cannot run them."""
+def backend_name(name: str, device: torch.device) -> str:
+    """The concrete backend `name` means for tensors on `device` ("auto": CUDA -> triton, else cpp), without
+    checking that it can run them (the fakes call this on meta tensors)."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     if name == "auto":
-        name = "triton" if device.type == "cuda" else "cpp"
+        return "triton" if device.type == "cuda" else "cpp"
+    return name
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """The concrete backend ("triton", "cpp" or "reference") that `name` means for tensors on `device`, or a
+    ValueError saying why it cannot run them."""
+    name = backend_name(name, device)
     if name == "cpp" and device.type != "cpu":
         raise ValueError(f"backend 'cpp' runs CPU tensors only, got tensors on {device}")
     if name == "triton" and not (device.type == "cuda" or (device.type == "cpu" and TRITON_INTERPRET)):
