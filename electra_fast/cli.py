@@ -1,4 +1,4 @@
-"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), pretrain."""
+"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), prepare, pretrain."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,12 @@ def pretrain(args) -> int:
     return trainer.main(args)
 
 
+def prepare(args) -> int:
+    from . import prepare as preparing
+
+    return preparing.main(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +87,12 @@ def main(argv=None) -> int:
     c = sub.add_parser("check", help="run the numerics checks on the device present; prints a pass/fail table")
     c.add_argument("--device", default=None)
     c.set_defaults(fn=check)
+
+    d = sub.add_parser("prepare", help="stream a corpus of any size into memory-mapped token shards for pretrain --data")
+    from .prepare import add_arguments as add_prepare_arguments
+
+    add_prepare_arguments(d)
+    d.set_defaults(fn=prepare)
 
     p = sub.add_parser("pretrain", help="pretrain ELECTRA on a text corpus (default: one shipped with Python)")
     from .trainer import add_arguments

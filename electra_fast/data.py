@@ -1,14 +1,20 @@
-"""Pretraining data: text from files, folders or globs (or the help topics that ship with Python), a WordPiece
-tokenizer (trained with Hugging Face `tokenizers`, or loaded), the corpus packed into fixed-length sequences, and
-an endless stream of batches that visits every sequence once per epoch in a seeded order, split between ranks."""
+"""Pretraining data as `pretrain` reads it: the tokenizer (a WordPiece trained with Hugging Face `tokenizers`, or
+loaded), and the token shards that `prepare` wrote, memory-mapped: the token stream cut into windows of
+`seq_len - 2` tokens, each written [CLS] window [SEP], a held-out validation split, and an endless stream of
+batches that visits every training window once per epoch in a seeded order, each rank its own share. Orders
+are keyed permutations computed per index (no array per window, let alone per token), so memory and the time
+to the first batch do not grow with the corpus."""
 from __future__ import annotations
 
-import glob
+import functools
 import hashlib
 import json
 import os
-from typing import Iterator, Sequence
+import queue
+import threading
+from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -18,62 +24,9 @@ class DataError(ValueError):
     """Unusable input data (corpus or tokenizer); the message names the argument and the problem."""
 
 
-# ----------------------------------------------------------------------------------------------------------- corpus
-
-def default_corpus() -> list[str]:
-    """The English help topics of `pydoc_data.topics` (about 0.5 MB), one document per topic."""
-    from pydoc_data import topics
-
-    return [topics.topics[name] for name in sorted(topics.topics)]
-
-
-def corpus_files(paths: Sequence[str]) -> list[str]:
-    """The files that `--corpus` names: a file, every file below a folder (hidden ones skipped), or a glob's
-    matches. Sorted within each argument, so the order is the same on every machine."""
-    found = []
-    for path in paths:
-        if os.path.isdir(path):
-            matches = sorted(os.path.join(root, name) for root, dirs, names in os.walk(path)
-                             for name in names if not name.startswith("."))
-            empty_reason = "a folder without files"
-        elif glob.has_magic(path):
-            matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-            empty_reason = "a pattern that matches no file"
-        elif os.path.isfile(path):
-            matches, empty_reason = [path], ""
-        else:
-            raise DataError(f"--corpus: no such file or folder: {path}")
-        if not matches:
-            raise DataError(f"--corpus: {path} is {empty_reason}")
-        found.extend(matches)
-    return found
-
-
-def read_documents(paths: Sequence[str] | None, *, document_per: str = "line") -> list[str]:
-    """The corpus as documents: one per non-blank line (`document_per="line"`) or one per file ("file"); the
-    default corpus when `paths` is None or empty. Raises DataError for unreadable or empty input."""
-    if not paths:
-        return default_corpus()
-    documents = []
-    for path in corpus_files(paths):
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"--corpus: cannot read {path} as UTF-8 text ({e})") from None
-        if document_per == "file":
-            documents.append(text)
-        else:
-            documents.extend(text.splitlines())
-    documents = [d for d in documents if d.strip()]
-    if not documents:
-        raise DataError(f"--corpus: no text in {' '.join(paths)} (the corpus is empty)")
-    return documents
-
-
 # -------------------------------------------------------------------------------------------------------- tokenizer
 
-def train_tokenizer(documents: Sequence[str], vocab_size: int):
+def train_tokenizer(documents: Iterable[str], vocab_size: int):
     """A lower-casing BERT-style WordPiece tokenizer with the specials [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4.
 
     The trainer breaks ties between equally frequent pairs in hash order, so two trainings on one corpus may
@@ -148,58 +101,211 @@ def save_tokenizer(tokenizer, directory: str) -> None:
         json.dump(config, f, indent=2)
 
 
-# ---------------------------------------------------------------------------------------------------------- packing
+# ------------------------------------------------------------------------------------------------------ token data
 
-def pack(documents: Sequence[str], tokenizer, seq_len: int) -> torch.Tensor:
-    """The documents as int64 [num_sequences, seq_len]: their tokens, one document after the other with [SEP]
-    between documents, cut into windows of seq_len - 2 tokens, each written [CLS] window [SEP]; the last
-    window is padded with [PAD]."""
-    if seq_len < 3:
-        raise DataError(f"--seq-len must be at least 3 ([CLS], a token, [SEP]), got {seq_len}")
-    ids = special_ids(tokenizer)
-    stream = []
-    for encoding in tokenizer.encode_batch(list(documents), add_special_tokens=False):
-        if encoding.ids:
-            stream.extend(([ids["[SEP]"]] if stream else []) + encoding.ids)
-    if not stream:
-        raise DataError("--corpus: the corpus has no tokens")
-    body = seq_len - 2
-    n = -(-len(stream) // body)
-    tokens = torch.full((n * body,), ids["[PAD]"], dtype=torch.int64)
-    tokens[:len(stream)] = torch.tensor(stream, dtype=torch.int64)
-    windows = tokens.view(n, body)
-    cls = torch.full((n, 1), ids["[CLS]"], dtype=torch.int64)
-    sep = torch.full((n, 1), ids["[SEP]"], dtype=torch.int64)
-    return torch.cat([cls, windows, sep], dim=1)
+class TokenData:
+    """A folder that `electra-fast prepare` finished: its index, tokenizer and memory-mapped shards.
+
+    Opening it reads the index and checks each shard's size (no token is read); `verify()` starts checking the
+    shards' sha256 in a background thread, and `raise_if_corrupt()` reports what it found."""
+
+    def __init__(self, folder: str):
+        from .prepare import FORMAT, INDEX, PROGRESS, TOKENIZER
+
+        self.folder = folder
+        path = os.path.join(folder, INDEX)
+        if not os.path.isfile(path):
+            unfinished = os.path.isfile(os.path.join(folder, PROGRESS))
+            raise DataError(f"--data {folder}: " + ("unfinished (prepare stopped before its end); run the same "
+                                                     "`electra-fast prepare` again to finish it" if unfinished else
+                                                     f"no {INDEX}; prepare it with `electra-fast prepare --out "
+                                                     f"{folder}`"))
+        try:
+            with open(path) as f:
+                index = json.load(f)
+            shards, dtype = index["shards"], np.dtype(index["dtype"]).newbyteorder("<")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"--data {folder}: {INDEX} is unreadable ({e})") from None
+        if index.get("format") != FORMAT:
+            raise DataError(f"--data {folder}: {INDEX} has format {index.get('format')!r}; this version of "
+                            f"electra-fast reads {FORMAT!r} (prepare the corpus again)")
+        self.index, self.tokenizer_dir = index, os.path.join(folder, TOKENIZER)
+        self.specials = index["specials"]
+        self.maps = []
+        for shard in shards:
+            shard_path = os.path.join(folder, shard["file"])
+            expected = shard["tokens"] * dtype.itemsize
+            size = os.path.getsize(shard_path) if os.path.isfile(shard_path) else None
+            if size != expected:
+                raise DataError(f"--data {folder}: shard {shard['file']} is "
+                                + ("missing" if size is None else f"truncated or changed ({size} bytes, "
+                                   f"{expected} written)"))
+            self.maps.append(np.memmap(shard_path, dtype=dtype, mode="r") if expected else np.empty(0, dtype))
+        self.ends = np.cumsum([s["tokens"] for s in shards], dtype=np.int64)
+        self.tokens = int(self.ends[-1]) if len(self.ends) else 0
+        self.fingerprint = hashlib.sha256(json.dumps([[s["tokens"], s["sha256"]] for s in shards]).encode()
+                                          ).hexdigest()[:16]
+        self._corrupt, self._verifier = [], None
+
+    def verify(self) -> None:
+        """Starts hashing every shard in a background thread (once)."""
+        if self._verifier is None:
+            self._verifier = threading.Thread(target=self._hash_shards, daemon=True, name="shard-sha256")
+            self._verifier.start()
+
+    def _hash_shards(self) -> None:
+        for shard in self.index["shards"]:
+            digest = hashlib.sha256()
+            with open(os.path.join(self.folder, shard["file"]), "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            if digest.hexdigest() != shard["sha256"]:
+                self._corrupt.append(shard["file"])
+
+    def raise_if_corrupt(self, wait: bool = False) -> None:
+        """Raises DataError if the background check found a shard whose sha256 differs from the index's; with
+        `wait`, first waits for the check to finish."""
+        if wait and self._verifier is not None:
+            self._verifier.join()
+        if self._corrupt:
+            raise DataError(f"--data {self.folder}: shard {self._corrupt[0]} is corrupt (its sha256 differs from "
+                            "the index's); prepare the corpus again")
+
+    def windows(self, seq_len: int, valid_sequences: int = 0) -> "Windows":
+        return Windows(self, seq_len, valid_sequences)
+
+    def stream(self, begin: np.ndarray, length: int, fill: int) -> np.ndarray:
+        """int64 [len(begin), length]: the token stream from each position in `begin` on, `fill` past its end."""
+        out = np.full((len(begin), length), fill, np.int64)
+        end = np.minimum(begin + length, self.tokens)
+        first = np.searchsorted(self.ends, begin, side="right")
+        last = np.searchsorted(self.ends, np.maximum(end - 1, begin), side="right")
+        starts = self.ends - np.array([s["tokens"] for s in self.index["shards"]], np.int64)
+        whole = (first == last) & (end - begin == length)
+        for shard in np.unique(first[whole]):  # the usual case: every token in one shard, gathered at once
+            rows = np.flatnonzero(whole & (first == shard))
+            local = begin[rows, None] - starts[shard] + np.arange(length)
+            out[rows] = self.maps[shard][local]
+        for row in np.flatnonzero(~whole):  # windows across a shard boundary or at the stream's end
+            at = int(begin[row])
+            while at < end[row]:
+                shard = int(np.searchsorted(self.ends, at, side="right"))
+                upto = min(int(end[row]), int(self.ends[shard]))
+                out[row, at - begin[row]:upto - begin[row]] = self.maps[shard][at - starts[shard]:upto - starts[shard]]
+                at = upto
+        return out
 
 
-def batches(sequences: torch.Tensor, *, batch_size: int, seed: int, rank: int, world_size: int,
-            start: int = 0) -> Iterator[torch.Tensor]:
-    """An endless stream of [batch_size, T] batches for one rank, from its `start`-th sequence on.
+class Windows:
+    """The token stream cut into windows of seq_len - 2 tokens (the last padded with [PAD]), each written
+    [CLS] window [SEP]. `valid_sequences` windows, chosen by a fixed keyed permutation (the same for every
+    --seed), are held out for validation; the rest are the training windows."""
 
-    Epoch e orders all sequences by a permutation drawn from seed and e (each sequence once per epoch); rank r
-    takes every world_size-th of that order from r (its shard, len // world_size sequences, so ranks stay in
-    step). The rank's stream is its shards of epoch 0, 1, ... one after the other; a batch may span two epochs.
-    """
-    per_rank = len(sequences) // world_size
-    if per_rank == 0:
-        raise DataError(f"--corpus packs into {len(sequences)} sequences, fewer than the {world_size} processes")
-    epoch, offset = divmod(start, per_rank)
-    shard = _shard(len(sequences), seed, epoch, rank, world_size)
+    def __init__(self, data: TokenData, seq_len: int, valid_sequences: int):
+        if seq_len < 3:
+            raise DataError(f"--seq-len must be at least 3 ([CLS], a token, [SEP]), got {seq_len}")
+        self.data, self.seq_len, self.body = data, seq_len, seq_len - 2
+        self.count = -(-data.tokens // self.body)
+        if not 0 <= valid_sequences < self.count:
+            raise DataError(f"the validation split ({valid_sequences} sequences) must leave training sequences: "
+                            f"the data holds {self.count} of --seq-len {seq_len}")
+        self.valid, self.training = valid_sequences, self.count - valid_sequences
+
+    def sequences(self, windows: np.ndarray) -> torch.Tensor:
+        """int64 [len(windows), seq_len]: the windows of these numbers, written [CLS] window [SEP]."""
+        ids = self.data.specials
+        out = np.empty((len(windows), self.seq_len), np.int64)
+        out[:, 0], out[:, -1] = ids["[CLS]"], ids["[SEP]"]
+        out[:, 1:-1] = self.data.stream(np.asarray(windows, np.int64) * self.body, self.body, ids["[PAD]"])
+        return torch.from_numpy(out)
+
+    def _split(self, positions: np.ndarray) -> np.ndarray:
+        return keyed_permutation(positions, self.count, (0x5E1EC7,))
+
+    def validation(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """The window numbers of the validation split that `rank` evaluates."""
+        return self._split(np.arange(rank, self.valid, world_size, dtype=np.int64))
+
+    def batches(self, *, batch_size: int, seed: int, rank: int, world_size: int,
+                start: int = 0) -> Iterator[torch.Tensor]:
+        """An endless stream of int64 [batch_size, seq_len] training batches for one rank, from its `start`-th
+        sequence on.
+
+        Epoch e orders the training windows by a permutation keyed by (seed, e); rank r takes every world_size-th
+        of that order from r (its share, training // world_size windows, so ranks stay in step). The rank's
+        stream is its shares of epoch 0, 1, ... one after the other; a batch may span two epochs."""
+        per_rank = self.training // world_size
+        if per_rank == 0:
+            raise DataError(f"the data holds {self.training} training sequences of --seq-len {self.seq_len}, fewer "
+                            f"than the {world_size} processes")
+        position = start
+        while True:
+            epoch, taken = np.divmod(np.arange(position, position + batch_size, dtype=np.int64), per_rank)
+            order = np.empty_like(taken)
+            for e in np.unique(epoch):
+                chosen = epoch == e
+                order[chosen] = keyed_permutation(rank + taken[chosen] * world_size, self.training, (seed, int(e)))
+            yield self.sequences(self._split(self.valid + order))
+            position += batch_size
+
+
+def prefetched(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[torch.Tensor]:
+    """The same batches, made up to `depth` ahead by a background thread, so the training loop does not wait for
+    the permutation and the gather (numpy releases the interpreter lock while it copies, and the loop while it
+    waits for the device)."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce():
+        try:
+            for batch in batches:
+                ready.put(batch)
+        except BaseException as e:  # handed to the consumer, which raises it
+            ready.put(e)
+
+    threading.Thread(target=produce, daemon=True, name="batches").start()
     while True:
-        taken = []
-        need = batch_size
-        while need:
-            piece = shard[offset:offset + need]
-            taken.append(piece)
-            need -= len(piece)
-            offset += len(piece)
-            if offset == per_rank:
-                epoch, offset = epoch + 1, 0
-                shard = _shard(len(sequences), seed, epoch, rank, world_size)
-        yield sequences[torch.cat(taken)]
+        batch = ready.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        yield batch
 
 
-def _shard(n: int, seed: int, epoch: int, rank: int, world_size: int) -> torch.Tensor:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[rank::world_size][:n // world_size]
+_ROUNDS = 4
+
+
+def keyed_permutation(positions: np.ndarray, n: int, key: Sequence[int]) -> np.ndarray:
+    """int64: the images of `positions` (each in [0, n)) under a pseudorandom bijection of [0, n) chosen by `key`.
+
+    A 4-round Feistel network on the smallest even number of bits that holds n - 1, cycle-walked back into
+    [0, n) (a bijection of the larger range, applied again until the image falls inside, is one of [0, n)).
+    Each image costs a few integer operations and no table, so shuffling n windows needs no memory of size n."""
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    shift = np.uint64(half)
+    round_keys = _round_keys((*key, n))
+
+    def feistel(x):
+        left, right = x >> shift, x & mask
+        for round_key in round_keys:
+            left, right = right, left ^ (_mix(right ^ round_key) & mask)
+        return (left << shift) | right
+
+    x = feistel(np.asarray(positions, dtype=np.uint64))
+    outside = x >= np.uint64(n)
+    while outside.any():
+        x[outside] = feistel(x[outside])
+        outside = x >= np.uint64(n)
+    return x.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _round_keys(key: tuple) -> tuple:
+    return tuple(np.random.SeedSequence(list(key)).generate_state(_ROUNDS, np.uint64))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit affects every output bit (uint64 arithmetic wraps)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+

@@ -1,19 +1,21 @@
 """`electra-fast pretrain`: ELECTRA pretraining on a text corpus, on one process or many (torchrun, DDP).
 
-Data (electra_fast.data): files, folders or globs, by default the help topics that ship with Python; a WordPiece
-tokenizer trained on the corpus (or `--tokenizer DIR`); sequences packed to `--seq-len`, visited once per epoch
-in a seeded order, each rank its own shard. Training: AdamW (no weight decay on LayerNorm and biases), linear
+Data: token shards that `electra-fast prepare` wrote (`--data`), memory-mapped, or `--corpus` prepared into
+OUT/data first (electra_fast.prepare; by default the help topics that ship with Python). Windows of `--seq-len`
+are visited once per epoch in a seeded order, each rank its own share, with a held-out validation split evaluated
+every `--eval-every` steps (electra_fast.data). Training: AdamW (no weight decay on LayerNorm and biases), linear
 warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, compiled
 encoders. Each step re-seeds torch from (base seed, step, data-parallel rank) (SPEC §2 Seeds): ranks never share
 noise, and a resumed run draws what the uninterrupted one drew. Checkpoints (electra_fast.checkpoint) are
 safetensors + a weights-only state file behind an atomic `latest` pointer. Output folder:
 
-    OUT/tokenizer/            the tokenizer (tokenizer.json, vocab.txt)
+    OUT/data/                 the prepared corpus and its tokenizer (with --corpus)
     OUT/checkpoints/step-N/   checkpoints; OUT/latest names the newest complete one
     OUT/log.jsonl             one line of metrics per step; OUT/loss.png the curve (with matplotlib)
     OUT/discriminator/        the discriminator in Hugging Face ELECTRA format, with the tokenizer
 
-Bad input (corpus, tokenizer, checkpoint, sizes, a full disk) ends the command with a one-line error and exit
+A resumed run may raise --steps: it continues with the decay recomputed for the new total. Bad input (corpus,
+data, tokenizer, checkpoint, a flag out of range, a full disk) ends the command with a one-line error and exit
 status 2; the last good checkpoint stays as it was.
 """
 from __future__ import annotations
@@ -23,14 +25,16 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
 
 import torch
 
-from . import checkpoint, data
+from . import checkpoint, data, prepare
 from .checkpoint import CheckpointError
+from .corpus import CorpusError
 from .data import DataError
 from .models import PRESETS
 from .pretrainer import ElectraPretrainer
@@ -42,13 +46,10 @@ EXIT_BAD_INPUT = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", nargs="+", metavar="PATH", default=None,
-                   help="UTF-8 text files, folders (every file below) or globs (default: Python's pydoc help topics)")
-    p.add_argument("--documents", choices=["line", "file"], default="line",
-                   help="one document per non-blank line (default) or per file")
-    p.add_argument("--tokenizer", metavar="DIR", default=None,
-                   help="load this tokenizer (tokenizer.json or a BERT vocab.txt) instead of training one")
-    p.add_argument("--vocab-size", type=int, default=8000, help="size of the tokenizer trained on the corpus")
+    p.add_argument("--data", metavar="DATA", default=None,
+                   help="token shards that `electra-fast prepare` wrote (memory-mapped); else --corpus is prepared "
+                        "into OUT/data first")
+    prepare.add_arguments(p, out_flag=False)
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--num-layers", type=int, default=DEFAULT_LAYERS,
                    help=f"encoder layers (default {DEFAULT_LAYERS}; the paper's small preset has 12)")
@@ -60,12 +61,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process and micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=200,
+                   help="optimizer steps (with --resume, a larger number extends the run)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up (default: 10%% of --steps)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="electra-pretrain", help="folder for tokenizer, checkpoints, log, export")
+    p.add_argument("--valid-sequences", type=int, default=None,
+                   help="sequences held out for validation (default: 1%% of the data, at most 1,000)")
+    p.add_argument("--valid-fraction", type=float, default=None, help="or this share of the data")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between validations (default: --save-every; 0: none)")
+    p.add_argument("--out", default="electra-pretrain", help="folder for data, checkpoints, log, export")
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
@@ -73,6 +80,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for a GPU that supports it)")
     p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raises DataError naming the first numeric flag outside its range."""
+    prepare.check_arguments(args)
+    at_least_one = ("steps", "batch_size", "grad_accum", "save_every", "keep", "seq_len", "max_positions",
+                    "num_layers", "hidden_size", "num_heads", "intermediate_size", "embedding_size")
+    checks = [(name, getattr(args, name) is None or getattr(args, name) >= 1, "at least 1") for name in at_least_one]
+    checks += [("lr", math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),
+               ("weight_decay", math.isfinite(args.weight_decay) and args.weight_decay >= 0, "a finite number >= 0"),
+               ("warmup_steps", args.warmup_steps is None or args.warmup_steps >= 0, "at least 0"),
+               ("seed", 0 <= args.seed < 2 ** 63, "in [0, 2**63)"),
+               ("valid_sequences", args.valid_sequences is None or args.valid_sequences >= 0, "at least 0"),
+               ("valid_fraction", args.valid_fraction is None or 0 <= args.valid_fraction < 1, "in [0, 1)"),
+               ("eval_every", args.eval_every is None or args.eval_every >= 0, "at least 0")]
+    for name, ok, expected in checks:
+        if not ok:
+            raise DataError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(args, name)}")
+    if args.hidden_size is not None and args.num_heads is not None and args.hidden_size % args.num_heads:
+        raise DataError(f"--hidden-size {args.hidden_size} must be a multiple of --num-heads {args.num_heads}")
+    if args.valid_sequences is not None and args.valid_fraction is not None:
+        raise DataError("--valid-sequences and --valid-fraction: give one of them")
+    if args.data and args.corpus:
+        raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
+    if args.seq_len > args.max_positions:
+        raise DataError(f"--seq-len {args.seq_len} exceeds the model's {args.max_positions} positions "
+                        "(--max-positions)")
 
 
 def step_seed(base: int, step: int, rank: int) -> int:
@@ -92,8 +126,9 @@ def main(args: argparse.Namespace) -> int:
     """Runs `electra-fast pretrain`; returns the exit status (2 for bad input, 130 when interrupted)."""
     dist = _Distributed(args.device)
     try:
+        check_arguments(args)
         return _pretrain(args, dist)
-    except (DataError, CheckpointError, OSError) as e:
+    except (DataError, CorpusError, CheckpointError, OSError) as e:
         print(f"electra-fast pretrain: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
@@ -142,23 +177,19 @@ class _Distributed:
 def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     from tqdm import tqdm
 
-    for name in ("steps", "batch_size", "grad_accum", "save_every", "keep", "seq_len"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.seq_len > args.max_positions:
-        raise DataError(f"--seq-len {args.seq_len} exceeds the model's {args.max_positions} positions "
-                        "(--max-positions)")
     previous = checkpoint.latest(args.out)
     if previous and not args.resume:
         raise CheckpointError(f"--out {args.out} already holds a checkpoint ({previous}); pass --resume to "
                               "continue it, or choose another --out")
+    saved = checkpoint.read_manifest(previous)["config"] if previous else None
     device, rank = dist.device, dist.rank
     bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
 
-    documents = data.read_documents(args.corpus, document_per=args.documents)
-    tokenizer = _tokenizer(args, documents, dist, resuming=bool(previous))
+    tokens = _token_data(args, dist)
+    tokenizer = data.load_tokenizer(tokens.tokenizer_dir)
     specials = data.special_ids(tokenizer)
-    sequences = data.pack(documents, tokenizer, args.seq_len)
+    windows = tokens.windows(args.seq_len, _valid_sequences(args, tokens))
+    tokens.verify()
 
     torch.manual_seed(args.seed)
     model = ElectraPretrainer.from_preset(
@@ -166,12 +197,14 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         pad_token_id=specials["[PAD]"],
         special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]), **_model_overrides(args)
     ).to(device)
-    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, args.steps // 10)
+    warmup = args.warmup_steps
+    if warmup is None:  # an extended run keeps the warm-up it had
+        warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
     config = {
         "model": {"generator": dataclasses.asdict(model.generator.encoder.config),
                   "discriminator": dataclasses.asdict(model.discriminator.encoder.config)},
-        "tokenizer": data.tokenizer_fingerprint(tokenizer),
-        "corpus": hashlib.sha256(sequences.numpy().tobytes()).hexdigest()[:16],
+        "tokenizer": data.tokenizer_fingerprint(tokenizer), "data": tokens.fingerprint,
+        "valid_sequences": windows.valid,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
         "processes": dist.world, "seed": args.seed, "steps": args.steps, "lr": args.lr, "warmup_steps": warmup,
         "weight_decay": args.weight_decay,
@@ -182,27 +215,39 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
     start, consumed = 0, 0
     if previous:
-        state = checkpoint.load(previous, model, config, device)
+        # Only --steps may change on resume: a larger one extends the run, its decay recomputed.
+        state = checkpoint.load(previous, model, {**config, "steps": saved["steps"]}, device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
         start, consumed = state["step"], state["sequences_consumed"]
+        if args.steps < start:
+            raise CheckpointError(f"--steps {args.steps} is below the step of the checkpoint {previous} ({start})")
+        if args.steps != saved["steps"]:
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * lr_multiplier(start, warmup=warmup, total=args.steps)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+            if rank == 0:
+                print(f"--resume: extending the run from {saved['steps']} to {args.steps} steps; the learning rate "
+                      f"now decays to 0 at step {args.steps}", file=sys.stderr)
     elif args.resume and rank == 0:
         print(f"--resume: no checkpoint in {args.out}; starting from step 0", file=sys.stderr)
     if args.compile:
         model.compile_encoders()
     wrapped = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None) if dist.world > 1 else model)
-    stream = data.batches(sequences, batch_size=args.batch_size, seed=args.seed, rank=rank, world_size=dist.world,
-                          start=consumed)
+    stream = data.prefetched(windows.batches(batch_size=args.batch_size, seed=args.seed, rank=rank,
+                                             world_size=dist.world, start=consumed))
     log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start) if rank == 0 else None
+    eval_every = args.save_every if args.eval_every is None else args.eval_every
 
-    began, tokens, metrics = time.perf_counter(), 0.0, None
+    began, tokens_seen, metrics, valid = time.perf_counter(), 0.0, None, {}
     step = start
     try:
         with tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
                   desc="pretrain") as bar:
             for step in bar:
+                tokens.raise_if_corrupt()
                 torch.manual_seed(step_seed(args.seed, step, rank))
                 totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -213,16 +258,24 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                 consumed += args.grad_accum * args.batch_size
 
                 totals = dist.mean(totals)
-                tokens += totals[-1].item() * dist.world
+                tokens_seen += totals[-1].item() * dist.world
                 metrics = dict(zip(METRICS, (totals[:-1] / args.grad_accum).tolist()))
-                tokens_per_s = tokens / (time.perf_counter() - began)
+                tokens_per_s = tokens_seen / (time.perf_counter() - began)
+                done = step + 1
+                evaluated = windows.valid and eval_every and (done % eval_every == 0 or done == args.steps)
+                if evaluated:
+                    valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
                 if log is not None:
-                    log.write({"step": step + 1, "lr": lr, **metrics, "tokens_per_s": tokens_per_s})
+                    log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s,
+                               **({f"valid_{k}": v for k, v in valid.items()} if evaluated else {})})
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm_loss']:.3f}",
                                 rtd=f"{metrics['rtd_loss']:.3f}", gen_acc=f"{metrics['gen_accuracy']:.3f}",
-                                disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}")
-                if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-                    _save(args.out, step + 1, model, optimizer, scheduler, consumed, config, args.keep, dist)
+                                disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}",
+                                **({"valid_mlm": f"{valid['mlm_loss']:.3f}", "valid_rtd": f"{valid['rtd_loss']:.3f}"}
+                                   if valid else {}))
+                if done % args.save_every == 0 or done == args.steps:
+                    tokens.raise_if_corrupt(wait=True)  # no checkpoint of a step that read a corrupt shard
+                    _save(args.out, done, model, optimizer, scheduler, consumed, config, args.keep, dist)
     except KeyboardInterrupt:
         if rank == 0:
             print(f"interrupted at step {step}; the latest checkpoint is {checkpoint.latest(args.out)} "
@@ -238,8 +291,72 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         _plot(log.path, os.path.join(args.out, "loss.png"))
         if metrics is not None:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                  + "".join(f" valid_{k} {v:.4f}" for k, v in valid.items())
                   + f" | {tokens_per_s:.0f} tokens/s | discriminator: {export}")
     return 0
+
+
+def _token_data(args, dist: _Distributed) -> data.TokenData:
+    """--data, checked against --tokenizer; else --corpus prepared into OUT/data by rank 0 (continued or reused
+    when it is there) while the other ranks wait."""
+    if args.data:
+        tokens = data.TokenData(args.data)
+        if args.tokenizer:
+            theirs = data.tokenizer_fingerprint(data.load_tokenizer(args.tokenizer))
+            if theirs != tokens.index["tokenizer"]:
+                raise DataError(f"--tokenizer {args.tokenizer} (fingerprint {theirs}) is not the tokenizer of --data "
+                                f"{args.data} ({tokens.index['tokenizer']})")
+        return tokens
+    folder = os.path.join(args.out, "data")
+    error = None
+    if dist.rank == 0:
+        try:
+            prepare.prepare(args.corpus, folder, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
+                            tokenizer_sample=args.tokenizer_sample, workers=args.workers,
+                            shard_tokens=args.shard_tokens, document_per=args.documents, text_field=args.text_field,
+                            skip_bad_lines=args.skip_bad_lines, progress=False)
+        except (DataError, CorpusError, OSError) as e:
+            error = f"{type(e).__name__}: {e}"
+    error = dist.broadcast(error)
+    if error:
+        kind, message = error.split(": ", 1)
+        raise (CorpusError if kind == "CorpusError" else DataError)(message)
+    return data.TokenData(folder)
+
+
+def _valid_sequences(args, tokens: data.TokenData) -> int:
+    """The size of the validation split: --valid-sequences, --valid-fraction of the windows, or by default 1% of
+    them (at most 1,000; none when that rounds to 0)."""
+    count = tokens.windows(args.seq_len).count
+    if args.valid_sequences is not None:
+        return args.valid_sequences
+    if args.valid_fraction is not None:
+        return int(args.valid_fraction * count)
+    return min(1000, count // 100)
+
+
+@torch.no_grad()
+def _evaluate(model: ElectraPretrainer, windows: data.Windows, batch_size: int, bf16: bool, pad_id: int,
+              dist: _Distributed) -> dict:
+    """Each metric averaged over the validation split (each rank its share), with dropout off and a fixed seed for
+    the masking and sampling, so that validations compare across steps; leaves training's RNG state as it was."""
+    sums = torch.zeros(len(METRICS) + 1, device=dist.device, dtype=torch.float64)
+    mine = windows.validation(dist.rank, dist.world)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for begin in range(0, len(mine), batch_size):
+            batch = windows.sequences(mine[begin:begin + batch_size]).to(dist.device)
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(batch)
+            sums += torch.stack([*(v.double() * len(batch) for v in out), torch.tensor(float(len(batch)),
+                                                                                       device=dist.device,
+                                                                                       dtype=torch.float64)])
+    model.train(was_training)
+    if dist.world > 1:
+        torch.distributed.all_reduce(sums)
+    return dict(zip(METRICS, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
 
 
 def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,
@@ -263,22 +380,6 @@ def _model_overrides(args) -> dict:
               "intermediate_size": args.intermediate_size, "embedding_size": args.embedding_size,
               "max_position_embeddings": args.max_positions}
     return {k: v for k, v in chosen.items() if v is not None}
-
-
-def _tokenizer(args, documents, dist: _Distributed, *, resuming: bool):
-    """--tokenizer DIR, else on resume the run's own, else one trained on the corpus by rank 0 and sent to the
-    others (training breaks ties in hash order, so ranks must not train their own). Rank 0 saves it in OUT."""
-    saved = os.path.join(args.out, "tokenizer")
-    if args.tokenizer or resuming:
-        tokenizer = data.load_tokenizer(args.tokenizer or saved)
-    else:
-        from tokenizers import Tokenizer
-
-        trained = data.train_tokenizer(documents, args.vocab_size).to_str() if dist.rank == 0 else None
-        tokenizer = Tokenizer.from_str(dist.broadcast(trained))
-    if dist.rank == 0 and not resuming:
-        checkpoint.write_folder(saved, lambda folder: data.save_tokenizer(tokenizer, folder))
-    return tokenizer
 
 
 def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -1,12 +1,16 @@
-"""`electra-fast pretrain`: corpus, tokenizer, packing, the epoch stream, the schedule, checkpoints that survive
-interruption, corruption and full disks, bad input, and two processes through torchrun. Tiny models, a few steps."""
+"""`electra-fast pretrain`: the tokenizer, the schedule, validation, checkpoints that survive interruption (SIGKILL
+too), corruption and full disks, extending a run, bad input, and two processes through torchrun. Tiny models, a few
+steps. The data it reads (prepare, the window order) is tested in test_prepare.py."""
 import argparse
 import errno
 import json
 import os
 import subprocess
+import signal
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +24,10 @@ TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--inter
 def corpus(tmp_path_factory):
     """(corpus file, tokenizer folder): a few help topics, one line each, and a tokenizer trained on them."""
     root = tmp_path_factory.mktemp("corpus")
-    lines = [line for doc in data.default_corpus()[:4] for line in doc.splitlines() if line.strip()][:120]
+    from pydoc_data import topics
+
+    lines = [line for name in sorted(topics.topics)[:4] for line in topics.topics[name].splitlines()
+             if line.strip()][:120]
     path = root / "corpus.txt"
     path.write_text("\n".join(lines), encoding="utf-8")
     data.save_tokenizer(data.train_tokenizer(lines, 300), str(root / "tokenizer"))
@@ -54,22 +61,10 @@ def _files(out):
 
 # ------------------------------------------------------------------------------------------------------------- data
 
-def test_default_corpus_packs_into_cls_body_sep_windows():
-    documents = data.default_corpus()
-    assert sum(map(len, documents)) > 100_000
-    tokenizer = data.train_tokenizer(documents, 300)
-    ids = data.special_ids(tokenizer)
-    assert list(ids) == list(data.SPECIALS) and list(ids.values()) == [0, 1, 2, 3, 4]
-    packed = data.pack(documents, tokenizer, 16)
-    assert packed.shape[1] == 16 and (packed[:, 0] == ids["[CLS]"]).all() and (packed[:, -1] == ids["[SEP]"]).all()
-    assert 0 <= packed.min() and packed.max() < tokenizer.get_vocab_size()
-    first = tokenizer.encode(documents[0], add_special_tokens=False).ids
-    assert packed[:, 1:-1].reshape(-1)[:len(first)].tolist() == first  # windows continue one another
-    assert packed[:, 1:-1].reshape(-1)[len(first)] == ids["[SEP]"]  # then the document separator
-
-
 def test_tokenizer_round_trips_through_its_folder(tmp_path):
-    documents = data.default_corpus()
+    from pydoc_data import topics
+
+    documents = list(topics.topics.values())
     first = data.train_tokenizer(documents, 1000)
     assert first.get_vocab_size() == 1000
     data.save_tokenizer(first, str(tmp_path))
@@ -85,32 +80,20 @@ def test_tokenizer_round_trips_through_its_folder(tmp_path):
 
 
 def test_corpus_from_files_folders_and_globs(tmp_path):
+    from electra_fast import corpus
+
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.txt").write_text("one\n\ntwo\n")
     (tmp_path / "a" / "y.txt").write_text("three four\n")
     (tmp_path / "a" / ".hidden").write_text("never\n")
     (tmp_path / "z.md").write_text("five\nsix\n")
-    assert data.read_documents([str(tmp_path / "a")]) == ["one", "two", "three four"]
-    assert data.read_documents([str(tmp_path / "*.md"), str(tmp_path / "a" / "y.txt")]) == ["five", "six",
-                                                                                            "three four"]
-    assert data.read_documents([str(tmp_path / "a")], document_per="file") == ["one\n\ntwo\n", "three four\n"]
 
+    def documents(paths, **reading):
+        return [r.text for r in corpus.CorpusReader(corpus.find_sources(paths), **reading) if r.text.strip()]
 
-def test_batches_visit_each_sequence_once_per_epoch_and_split_ranks():
-    sequences = torch.arange(11)[:, None]  # 11 sequences: one is left out of each epoch for 2 ranks
-    epochs = []
-    for epoch in range(2):
-        shards = []
-        for rank in range(2):
-            stream = data.batches(sequences, batch_size=5, seed=7, rank=rank, world_size=2, start=5 * epoch)
-            shards.append(next(stream).view(-1))
-        epochs.append(torch.cat(shards))
-        assert len(set(epochs[-1].tolist())) == 10  # without replacement, ranks disjoint
-    assert epochs[0].tolist() != epochs[1].tolist()
-    whole = data.batches(sequences, batch_size=3, seed=7, rank=1, world_size=2)
-    flat = torch.cat([next(whole).view(-1) for _ in range(4)])
-    resumed = data.batches(sequences, batch_size=3, seed=7, rank=1, world_size=2, start=3)
-    assert torch.equal(torch.cat([next(resumed).view(-1) for _ in range(3)]), flat[3:])  # spans the epoch end
+    assert documents([str(tmp_path / "a")]) == ["one", "two", "three four"]
+    assert documents([str(tmp_path / "*.md"), str(tmp_path / "a" / "y.txt")]) == ["five", "six", "three four"]
+    assert documents([str(tmp_path / "a")], document_per="file") == ["one\n\ntwo\n", "three four\n"]
 
 
 def test_schedule_warms_up_then_decays_to_zero_and_decay_skips_norms_and_biases():
@@ -248,9 +231,16 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, 
 
 @pytest.mark.parametrize("bad, message", [
     (["--corpus", "missing.txt"], "--corpus: no such file or folder: missing.txt"),
-    (["--corpus", "{empty}"], "the corpus is empty"),
+    (["--corpus", "{empty}"], "holds data prepared otherwise (sources"),
     (["--tokenizer", "{garbage}"], "--tokenizer: cannot read the tokenizer"),
     (["--seq-len", "600"], "--seq-len 600 exceeds the model's 512 positions"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--vocab-size", "3"], "--vocab-size must be more than the 5 special tokens, got 3"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--steps", "3"], "--steps 3 is below the step of the checkpoint"),
+    (["--valid-fraction", "1.5"], "--valid-fraction must be in [0, 1), got 1.5"),
+    (["--eval-every", "-1"], "--eval-every must be at least 0, got -1"),
+    (["--hidden-size", "33"], "--hidden-size 33 must be a multiple of --num-heads 2"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(trained, corpus, tmp_path, capsys, bad, message):
     (tmp_path / "empty.txt").write_text("\n  \n")
@@ -264,6 +254,102 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(trained, corpus,
     assert trainer.main(args) == 2
     _refused(capsys, message)
     assert _files(trained) == before
+
+
+def _final_weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(checkpoint.latest(out), checkpoint.WEIGHTS))
+
+
+def test_run_killed_at_random_moments_resumes_bit_identical(tmp_path, corpus):
+    """SIGKILL at two random moments (after a checkpoint exists), then --resume: the run ends as one left alone."""
+    argv = [sys.executable, "-m", "electra_fast", "pretrain", "--corpus", corpus[0], "--tokenizer", corpus[1], *TINY,
+            "--steps", "8", "--save-every", "1", "--valid-sequences", "3", "--eval-every", "3"]
+    subprocess.run([*argv, "--out", str(tmp_path / "alone")], check=True, capture_output=True, timeout=300)
+    out, rng, killed_at = tmp_path / "killed", np.random.default_rng(), []
+    for kill in range(2):
+        process = subprocess.Popen([*argv, "--out", str(out), "--resume"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while checkpoint.latest(out) is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed_at.append(checkpoint.read_manifest(checkpoint.latest(out))["step"])
+    assert min(killed_at) < 8, "both kills came after the run had ended"
+    subprocess.run([*argv, "--out", str(out), "--resume"], check=True, capture_output=True, timeout=300)
+    alone, resumed = _final_weights(tmp_path / "alone"), _final_weights(out)
+    assert alone.keys() == resumed.keys() and all(torch.equal(alone[k], resumed[k]) for k in alone)
+
+    def without_speed(log):
+        return [{k: v for k, v in record.items() if k != "tokens_per_s"} for record in log]
+
+    assert without_speed(_log(out)) == without_speed(_log(tmp_path / "alone"))
+
+
+def test_extending_a_run_recomputes_the_decay_and_says_so(tmp_path, trained, corpus, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    assert _run(out, corpus, "--steps", "7", "--resume", tokenizer=False) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("--resume:")]
+    assert err == ["--resume: extending the run from 4 to 7 steps; the learning rate now decays to 0 at step 7"]
+    log = _log(out)
+    assert [r["step"] for r in log] == list(range(1, 8))
+    warmup = 1  # the 4-step run's default, kept
+    assert [r["lr"] for r in log[4:]] == pytest.approx(
+        [5e-4 * trainer.lr_multiplier(s, warmup=warmup, total=7) for s in range(4, 7)], rel=1e-12)
+    assert checkpoint.read_manifest(checkpoint.latest(out))["config"]["steps"] == 7
+
+
+def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path, corpus):
+    assert _run(tmp_path / "a", corpus, "--steps", "4", "--valid-sequences", "5", "--eval-every", "2") == 0
+    assert _run(tmp_path / "b", corpus, "--steps", "4", "--valid-sequences", "5", "--eval-every", "0") == 0
+    a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert [sorted(k for k in r if k.startswith("valid_")) for r in a] == [[], [f"valid_{m}" for m in sorted(
+        trainer.METRICS)], [], [f"valid_{m}" for m in sorted(trainer.METRICS)]]
+    assert not any(k.startswith("valid_") for r in b for k in r)
+    for key in trainer.METRICS:  # evaluating draws no number from training's generator
+        assert [r[key] for r in a] == [r[key] for r in b]
+    assert a[1]["valid_mlm_loss"] != a[3]["valid_mlm_loss"]  # the model changed between the two validations
+    assert _run(tmp_path / "c", corpus, "--steps", "2", "--valid-sequences", "5", "--eval-every", "2") == 0
+    assert _log(tmp_path / "c")[1]["valid_mlm_loss"] == a[1]["valid_mlm_loss"]
+
+
+def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
+    from electra_fast import prepare
+
+    folder = tmp_path / "data"
+    prepare.prepare([corpus[0]], str(folder), tokenizer_dir=corpus[1], shard_tokens=500, progress=False)
+    p = argparse.ArgumentParser()
+    trainer.add_arguments(p)
+
+    def pretrain(*extra):
+        return trainer.main(p.parse_args(["--data", str(folder), *TINY, "--steps", "2", "--out",
+                                          str(tmp_path / "run"), *extra]))
+
+    other = tmp_path / "other-tokenizer"
+    data.save_tokenizer(data.train_tokenizer(["some other text entirely"] * 20, 200), str(other))
+    assert pretrain("--tokenizer", str(other)) == 2
+    _refused(capsys, "--tokenizer", data.tokenizer_fingerprint(data.load_tokenizer(str(other))),
+             data.tokenizer_fingerprint(data.load_tokenizer(corpus[1])))
+    assert pretrain("--corpus", corpus[0]) == 2
+    _refused(capsys, "--data and --corpus")
+    shard = folder / "shard-00001.bin"
+    original = shard.read_bytes()
+    shard.write_bytes(original[:7] + bytes([original[7] ^ 4]) + original[8:])
+    assert pretrain() == 2
+    _refused(capsys, "shard-00001.bin is corrupt")
+    assert checkpoint.latest(tmp_path / "run") is None
+    shard.write_bytes(original)
+    os.remove(folder / "index.json")
+    assert pretrain() == 2
+    _refused(capsys, "no index.json")
+    assert pretrain("--data", str(tmp_path / "missing")) == 2
+    _refused(capsys, "missing")
 
 
 # ------------------------------------------------------------------------------------------------ several processes
