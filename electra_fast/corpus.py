@@ -189,7 +189,11 @@ class CorpusReader:
         return text
 
     def _columns(self, source: Source) -> Iterator[str]:
-        import pyarrow as pa
+        try:
+            import pyarrow as pa
+        except ImportError:
+            raise CorpusError(f"--corpus: {source.path}: reading {source.kind} needs pyarrow (pip install pyarrow, "
+                              "or electra-fast[data])") from None
 
         try:
             if source.kind == "parquet":
@@ -230,8 +234,8 @@ def _decompressed(raw, source: Source):
             return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
         return _COMPRESSIONS[source.compression](raw)
     except ImportError:
-        raise CorpusError(f"--corpus: {source.path}: reading .zst needs the zstandard package "
-                          "(pip install zstandard)") from None
+        raise CorpusError(f"--corpus: {source.path}: reading .zst needs zstandard (pip install zstandard, or "
+                          "electra-fast[data])") from None
 
 
 def _pieces(stream, path: str, mode: str) -> Iterator[tuple[bytes, bool, int, int]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import corpus, data
+from . import checkpoint, corpus, data
 from .corpus import CorpusError, CorpusReader, Source
 from .data import DataError
 
@@ -111,9 +112,8 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
     run there; returns the index. Raises DataError or CorpusError for bad input, before anything is written
     where it can."""
     sources = corpus.find_sources(paths)
-    os.makedirs(out, exist_ok=True)
     reading = dict(document_per=document_per, text_field=text_field, skip_bad_lines=skip_bad_lines)
-    tokenizer = _tokenizer(out, sources, tokenizer_dir, vocab_size, tokenizer_sample, reading)
+    tokenizer, saved = _tokenizer(out, sources, tokenizer_dir, vocab_size, tokenizer_sample, reading)
     settings = {"sources": [[s.path, s.size] for s in sources], "documents": document_per, "text_field": text_field,
                 "skip_bad_lines": skip_bad_lines, "tokenizer": data.tokenizer_fingerprint(tokenizer),
                 "shard_tokens": shard_tokens}
@@ -125,11 +125,19 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
     if state is not None:
         _same_settings(out, state["settings"], settings)
     else:
-        state = {"format": FORMAT, "settings": settings, "shards": [], "next": [0, 0], "documents": 0,
-                 "tokens": 0, "pending_document": False, "bad_lines": 0}
-    _remove_unrecorded_shards(out, len(state["shards"]))
+        state = {"format": FORMAT, "settings": settings, "shards": [], "next": [0, 0], "documents": 0, "tokens": 0,
+                 "pending_document": False, "bad_lines": 0}
+
+    if os.path.isdir(out):
+        _remove_unrecorded_shards(out, len(state["shards"]))
+
+    def first_write():  # DATA and its tokenizer appear only once there are tokens to write
+        os.makedirs(out, exist_ok=True)
+        if not saved:
+            checkpoint.write_folder(os.path.join(out, TOKENIZER), lambda f: data.save_tokenizer(tokenizer, f))
+
     dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
-    writer = _ShardWriter(out, state, dtype, shard_tokens, data.special_ids(tokenizer)["[SEP]"])
+    writer = _ShardWriter(out, state, dtype, shard_tokens, data.special_ids(tokenizer)["[SEP]"], first_write)
     reader = CorpusReader(sources, start=tuple(state["next"]), **reading)
     _tokenize(reader, tokenizer, writer, workers or os.cpu_count() or 1, progress, sum(s.size for s in sources))
     writer.finish()
@@ -148,10 +156,9 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
 # -------------------------------------------------------------------------------------------------------- tokenizer
 
 def _tokenizer(out: str, sources: list[Source], tokenizer_dir, vocab_size: int, sample_bytes: int, reading: dict):
-    """--tokenizer DIR (which must agree with a tokenizer DATA already has), else DATA's own, else one trained on
-    a sample of `sample_bytes` of text, every source giving its share by size; saved in DATA first."""
-    from . import checkpoint
-
+    """(tokenizer, whether DATA holds it already): --tokenizer DIR (which must agree with a tokenizer DATA already
+    has), else DATA's own, else one trained on a sample of `sample_bytes` of text, every source giving its share
+    by size."""
     saved = os.path.join(out, TOKENIZER)
     existing = data.load_tokenizer(saved) if os.path.isdir(saved) else None
     if tokenizer_dir:
@@ -160,14 +167,12 @@ def _tokenizer(out: str, sources: list[Source], tokenizer_dir, vocab_size: int, 
             raise DataError(f"--tokenizer: {tokenizer_dir} (fingerprint {data.tokenizer_fingerprint(tokenizer)}) is "
                             f"not the tokenizer of {out} ({data.tokenizer_fingerprint(existing)})")
     elif existing is not None:
-        return existing
+        return existing, True
     else:
         tokenizer = data.train_tokenizer(_sample(sources, sample_bytes, reading), vocab_size)
         if tokenizer.get_vocab_size() <= len(data.SPECIALS):
             raise DataError(f"--corpus: no text in {' '.join(s.path for s in sources)} (the corpus is empty)")
-    if existing is None:
-        checkpoint.write_folder(saved, lambda folder: data.save_tokenizer(tokenizer, folder))
-    return tokenizer
+    return tokenizer, existing is not None
 
 
 def _sample(sources: list[Source], budget: int, reading: dict):
@@ -200,12 +205,7 @@ def _encode(texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
     encode = getattr(_worker_tokenizer, "encode_batch_fast", _worker_tokenizer.encode_batch)
     ids = [e.ids for e in encode(texts, add_special_tokens=False)]
     counts = np.fromiter(map(len, ids), np.int64, len(ids))
-    flat = np.empty(int(counts.sum()), dtype)
-    at = 0
-    for row, n in zip(ids, counts.tolist()):
-        flat[at:at + n] = row
-        at += n
-    return counts, flat
+    return counts, np.fromiter(itertools.chain.from_iterable(ids), dtype, int(counts.sum()))
 
 
 def _batches(reader: CorpusReader):
@@ -273,8 +273,9 @@ class _ShardWriter:
     """Appends records' tokens to the current shard, with [SEP] before each document but the first that has
     tokens; closes the shard at the first record boundary past `shard_tokens` and records progress."""
 
-    def __init__(self, out: str, state: dict, dtype, shard_tokens: int, sep_id: int):
+    def __init__(self, out: str, state: dict, dtype, shard_tokens: int, sep_id: int, first_write):
         self.out, self.state, self.dtype, self.shard_tokens = out, state, dtype, shard_tokens
+        self.first_write = first_write
         self.sep = np.array([sep_id], dtype)
         self.file = self.digest = None
         self.in_shard = 0
@@ -307,6 +308,9 @@ class _ShardWriter:
         if not pieces:
             return
         if self.file is None:
+            if self.first_write is not None:
+                self.first_write()
+                self.first_write = None
             self.file = open(self._path(len(self.state["shards"]), temporary=True), "wb")
             self.digest = hashlib.sha256()
         block = np.concatenate(pieces).astype(np.dtype(self.dtype).newbyteorder("<"), copy=False).tobytes()
