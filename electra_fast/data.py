@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# A prepared data folder (electra_fast.prepare writes it): its format version and file names.
+FORMAT = "electra-fast-tokens/1"
+INDEX, PROGRESS, TOKENIZER = "index.json", "progress.json", "tokenizer"
 
 
 class DataError(ValueError):
@@ -110,8 +113,6 @@ class TokenData:
     shards' sha256 in a background thread, and `raise_if_corrupt()` reports what it found."""
 
     def __init__(self, folder: str):
-        from .prepare import FORMAT, INDEX, PROGRESS, TOKENIZER
-
         self.folder = folder
         path = os.path.join(folder, INDEX)
         if not os.path.isfile(path):

@@ -31,10 +31,8 @@ import numpy as np
 
 from . import checkpoint, corpus, data
 from .corpus import CorpusError, CorpusReader, Source
-from .data import DataError
+from .data import FORMAT, INDEX, PROGRESS, TOKENIZER, DataError
 
-FORMAT = "electra-fast-tokens/1"
-INDEX, PROGRESS, TOKENIZER = "index.json", "progress.json", "tokenizer"
 BATCH_BYTES = 1 << 20
 DEFAULT_SHARD_TOKENS = 1 << 26
 DEFAULT_TOKENIZER_SAMPLE = 100_000_000
