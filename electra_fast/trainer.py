@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from . import checkpoint, data, prepare
+from . import checkpoint, data, flops, prepare
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up (default: 10%% of --steps)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-flops", type=float, default=None,
+                   help="a compute budget: train for as many steps as it pays for (replaces --steps), FLOPs counted "
+                        "as the ELECTRA paper counts them (electra_fast.flops)")
+    p.add_argument("--export-at-flops", type=float, nargs="+", default=(), metavar="FLOPS",
+                   help="also export the discriminator when the run's training FLOPs first reach each of these, to "
+                        "OUT/exports/flops-X/ (its config.json records the FLOPs and step)")
     p.add_argument("--valid-sequences", type=int, default=None,
                    help="sequences held out for validation (default: 1%% of the data, at most 1,000)")
     p.add_argument("--valid-fraction", type=float, default=None, help="or this share of the data")
@@ -94,7 +100,11 @@ def check_arguments(args: argparse.Namespace) -> None:
                ("seed", 0 <= args.seed < 2 ** 63, "in [0, 2**63)"),
                ("valid_sequences", args.valid_sequences is None or args.valid_sequences >= 0, "at least 0"),
                ("valid_fraction", args.valid_fraction is None or 0 <= args.valid_fraction < 1, "in [0, 1)"),
-               ("eval_every", args.eval_every is None or args.eval_every >= 0, "at least 0")]
+               ("eval_every", args.eval_every is None or args.eval_every >= 0, "at least 0"),
+               ("max_flops", args.max_flops is None or (math.isfinite(args.max_flops) and args.max_flops > 0),
+                "a finite number > 0"),
+               ("export_at_flops", all(math.isfinite(f) and f > 0 for f in args.export_at_flops),
+                "finite numbers > 0")]
     for name, ok, expected in checks:
         if not ok:
             raise DataError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(args, name)}")
@@ -197,6 +207,16 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         pad_token_id=specials["[PAD]"],
         special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]), **_model_overrides(args)
     ).to(device)
+    step_flops = args.batch_size * args.grad_accum * dist.world * flops.electra_train_flops(
+        model.generator.encoder.config, model.discriminator.encoder.config, args.seq_len,
+        masked_fraction=model.mask_prob)
+    if args.max_flops is not None:
+        args.steps = int(args.max_flops // step_flops)
+        if args.steps < 1:
+            raise DataError(f"--max-flops {args.max_flops:.3g} pays for no step (one step costs {step_flops:.3g})")
+        if rank == 0:
+            print(f"--max-flops {args.max_flops:.3g}: {args.steps} steps of {step_flops:.3g} FLOPs", file=sys.stderr)
+    milestones = sorted(args.export_at_flops)
     warmup = args.warmup_steps
     if warmup is None:  # an extended run keeps the warm-up it had
         warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
@@ -266,8 +286,13 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                 if evaluated:
                     valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
                 if log is not None:
-                    log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s,
+                    log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s, "flops": step_flops,
+                               "total_flops": done * step_flops,
                                **({f"valid_{k}": v for k, v in valid.items()} if evaluated else {})})
+                reached = [f for f in milestones if (done - 1) * step_flops < f <= done * step_flops]
+                if reached and rank == 0:
+                    _export(os.path.join(args.out, "exports", f"flops-{reached[-1]:.3g}"), model, tokenizer,
+                            step=done, flops=done * step_flops)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm_loss']:.3f}",
                                 rtd=f"{metrics['rtd_loss']:.3f}", gen_acc=f"{metrics['gen_accuracy']:.3f}",
                                 disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}",
@@ -286,14 +311,28 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
             log.file.close()
     if rank == 0:
         export = os.path.join(args.out, "discriminator")
-        checkpoint.write_folder(export, lambda folder: (model.save_discriminator(folder),
-                                                        data.save_tokenizer(tokenizer, folder)))
+        _export(export, model, tokenizer, step=args.steps, flops=args.steps * step_flops)
         _plot(log.path, os.path.join(args.out, "loss.png"))
         if metrics is not None:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + "".join(f" valid_{k} {v:.4f}" for k, v in valid.items())
                   + f" | {tokens_per_s:.0f} tokens/s | discriminator: {export}")
     return 0
+
+
+def _export(folder: str, model: ElectraPretrainer, tokenizer, *, step: int, flops: float) -> None:
+    """The discriminator in Hugging Face format with its tokenizer; its config.json records the pretraining step and
+    training FLOPs that made it."""
+    def fill(temporary):
+        model.save_discriminator(temporary)
+        data.save_tokenizer(tokenizer, temporary)
+        path = os.path.join(temporary, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        with open(path, "w") as f:
+            json.dump({**config, "pretraining_step": step, "pretraining_flops": flops}, f, indent=2)
+
+    checkpoint.write_folder(folder, fill)
 
 
 def _token_data(args, dist: _Distributed) -> data.TokenData:

@@ -241,6 +241,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, 
     (["--valid-fraction", "1.5"], "--valid-fraction must be in [0, 1), got 1.5"),
     (["--eval-every", "-1"], "--eval-every must be at least 0, got -1"),
     (["--hidden-size", "33"], "--hidden-size 33 must be a multiple of --num-heads 2"),
+    (["--max-flops", "-1"], "--max-flops must be a finite number > 0"),
+    (["--max-flops", "10"], "--max-flops 10 pays for no step"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(trained, corpus, tmp_path, capsys, bad, message):
     (tmp_path / "empty.txt").write_text("\n  \n")
@@ -317,6 +319,28 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
     assert a[1]["valid_mlm_loss"] != a[3]["valid_mlm_loss"]  # the model changed between the two validations
     assert _run(tmp_path / "c", corpus, "--steps", "2", "--valid-sequences", "5", "--eval-every", "2") == 0
     assert _log(tmp_path / "c")[1]["valid_mlm_loss"] == a[1]["valid_mlm_loss"]
+
+
+def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsys):
+    from electra_fast import flops
+    from electra_fast.models import EncoderConfig
+
+    assert _run(tmp_path / "a", corpus, "--steps", "2") == 0
+    config = checkpoint.read_manifest(checkpoint.latest(tmp_path / "a"))["config"]["model"]
+    per_step = 2 * flops.electra_train_flops(EncoderConfig(**config["generator"]),
+                                             EncoderConfig(**config["discriminator"]), 24, masked_fraction=0.15)
+    assert [(r["flops"], r["total_flops"]) for r in _log(tmp_path / "a")] == [(per_step, per_step),
+                                                                             (per_step, 2 * per_step)]
+    capsys.readouterr()
+    assert _run(tmp_path / "b", corpus, "--max-flops", str(3.5 * per_step), "--export-at-flops", str(per_step / 2),
+                str(2 * per_step), "--save-every", "10") == 0
+    assert f"3 steps of {per_step:.3g} FLOPs" in capsys.readouterr().err
+    assert [r["step"] for r in _log(tmp_path / "b")] == [1, 2, 3]
+    for milestone, step in ((per_step / 2, 1), (2 * per_step, 2)):
+        exported = json.loads((tmp_path / "b" / "exports" / f"flops-{milestone:.3g}" / "config.json").read_text())
+        assert (exported["pretraining_step"], exported["pretraining_flops"]) == (step, step * per_step)
+    final = json.loads((tmp_path / "b" / "discriminator" / "config.json").read_text())
+    assert final["pretraining_flops"] == 3 * per_step
 
 
 def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
