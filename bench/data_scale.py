@@ -167,7 +167,8 @@ def main() -> None:
     from electra_fast import data
 
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+              "load_average_at_start": os.getloadavg()[1]}
     import tokenizers
     import torch
 
@@ -212,6 +213,7 @@ def main() -> None:
                 [args.baseline_python, "-m", "electra_fast", "pretrain", "--corpus", corpus, "--tokenizer",
                  tokenizer_dir, "--out", run, "--steps", "1", "--num-layers", "2", "--batch-size", "8"],
                 first_line_of=os.path.join(run, "log.jsonl"))}
+    report["load_average_at_end"] = os.getloadavg()[1]
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -221,7 +223,9 @@ def main() -> None:
 def format_report(report: dict) -> str:
     t = report["throughput"]
     lines = [f"{report['machine']}, Python {report['python']}, " + ", ".join(f"{k} {v}" for k, v in
-                                                                            report["versions"].items()),
+                                                                            report["versions"].items())
+             + f"; 5-minute load average {report['load_average_at_start']:.1f} at the start, "
+               f"{report['load_average_at_end']:.1f} at the end",
              f"throughput on {t['megabytes']:.0f} MB (median of {t['repeats']}): tokenizers alone "
              f"{t['mb_per_s']['tokenizers']:.2f} MB/s, prepare --workers {t['workers']} {t['mb_per_s']['prepare']:.2f}"
              f" MB/s ({t['prepare_over_tokenizers']:.0%} of tokenizers), {t['mb_per_s_per_core']:.2f} MB/s per core; "
