@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
 PIECE_BYTES = 1 << 20
+MAX_ROW_BYTES = 1 << 26  # a JSON Lines row is parsed whole; longer rows are refused rather than held
 BUILTIN = "<python help topics>"
 _COMPRESSIONS = {".gz": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile,
                  ".zst": None}
+_ARCHIVES = (".tar", ".tgz", ".zip", ".7z")
 _KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
 
 
@@ -35,12 +37,14 @@ class CorpusError(ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """One input: `path` ("<python help topics>" for the built-in corpus), its `kind` ("text", "jsonl",
-    "parquet", "arrow" or "builtin"), its `compression` (a suffix such as ".gz", or "") and its size on disk."""
+    """One input: `path` (absolute; "<python help topics>" for the built-in corpus), its `kind` ("text", "jsonl",
+    "parquet", "arrow" or "builtin"), its `compression` (a suffix such as ".gz", or ""), its size on disk and
+    modification time (ns), by which a changed file is told apart."""
     path: str
     kind: str
     compression: str
     size: int
+    modified: int = 0
 
 
 class Record(NamedTuple):
@@ -49,11 +53,7 @@ class Record(NamedTuple):
     source: int            # index of the source in the list read
     ordinal: int           # the record's number within its source
     bad_lines: int         # lines skipped as not UTF-8 in this source so far (the source's total on its end marker)
-
-    @property
-    def is_end(self) -> bool:
-        """The empty record that ends each source."""
-        return not self.text and not self.starts_document
+    end: bool = False      # the empty record that ends each source
 
 
 # ------------------------------------------------------------------------------------------------------ the sources
@@ -69,10 +69,7 @@ def find_sources(paths: Sequence[str] | None) -> list[Source]:
     files = []
     for path in paths:
         if os.path.isdir(path):
-            matches = _dataset_files(path)
-            if matches is None:
-                matches = sorted(os.path.join(root, name) for root, dirs, names in os.walk(path)
-                                 for name in names if not name.startswith("."))
+            matches = _folder_files(path)
             empty_reason = "a folder without files"
         elif glob.has_magic(path):
             matches = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
@@ -87,15 +84,34 @@ def find_sources(paths: Sequence[str] | None) -> list[Source]:
     return [_source(f) for f in files]
 
 
+def _folder_files(folder: str) -> list[str]:
+    """Every file below `folder` in sorted order, hidden files and folders skipped; a `datasets` folder inside
+    contributes its Arrow files."""
+    dataset = _dataset_files(folder)
+    if dataset is not None:
+        return dataset
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith("."):
+            continue
+        found.extend(_folder_files(path) if os.path.isdir(path) else [path] if os.path.isfile(path) else [])
+    return found
+
+
 def _source(path: str) -> Source:
     stem, compression = os.path.splitext(path)
+    compression = compression.lower()
     if compression not in _COMPRESSIONS:
         stem, compression = path, ""
+    if stem.lower().endswith(_ARCHIVES) or path.lower().endswith(_ARCHIVES):
+        raise CorpusError(f"--corpus: {path} is an archive; unpack it and pass its files or folder")
     kind = _KINDS.get(os.path.splitext(stem)[1].lower(), "text")
     if compression and kind in ("parquet", "arrow"):
         raise CorpusError(f"--corpus: {path}: a {kind} file compressed as a whole cannot be streamed; "
                           f"decompress it ({kind} compresses its columns itself)")
-    return Source(path, kind, compression, os.path.getsize(path))
+    stat = os.stat(path)
+    return Source(os.path.realpath(path), kind, compression, stat.st_size, stat.st_mtime_ns)
 
 
 def _dataset_files(folder: str) -> list[str] | None:
@@ -143,38 +159,40 @@ class CorpusReader:
             done_before = self.bytes_read
             counter = _BadLines()
             ordinal = 0
-            for text, starts in self._documents(source, counter, lambda raw: done_before + raw):
+            for text, starts in self._documents(source, counter, lambda raw: done_before + raw, skip):
                 if ordinal >= skip:
                     yield Record(text, starts, index, ordinal, counter.count)
                 ordinal += 1
             if ordinal >= skip:
-                yield Record("", False, index, ordinal, counter.count)
+                yield Record("", False, index, ordinal, counter.count, end=True)
             self.bytes_read = done_before + source.size
 
-    def _documents(self, source: Source, counter, progress) -> Iterator[tuple[str, bool]]:
+    def _documents(self, source: Source, counter, progress, skip: int) -> Iterator[tuple[str | None, bool]]:
+        """(text, starts_document) of each record of one source; the first `skip` records may come as
+        (None, ...) unparsed, as a restart only counts them."""
         if source.kind == "builtin":
             from pydoc_data import topics
 
             yield from ((topics.topics[name], True) for name in sorted(topics.topics))
             return
         if source.kind in ("parquet", "arrow"):
-            yield from ((text, True) for text in self._columns(source))
+            yield from ((text, True) for text in self._columns(source, skip))
             return
         with open(source.path, "rb") as raw:
             stream = raw if not source.compression else _decompressed(raw, source)
             mode = "row" if source.kind == "jsonl" else self.document_per
             lines = _pieces(stream, source.path, mode)
-            for text, starts, line, offset in _decoded(lines, source.path, self.skip_bad_lines, counter):
+            counted = 0
+            for text, starts, line in _decoded(lines, source.path, self.skip_bad_lines, counter, per_line=mode != "file"):
                 self.bytes_read = progress(raw.tell())
                 if source.kind == "jsonl":
-                    text = self._json_text(text, source.path, line)
-                    if text is None:
+                    if not text.strip():
                         continue
+                    text = None if counted < skip else self._json_text(text, source.path, line)
+                counted += 1
                 yield text, starts
 
-    def _json_text(self, line_text: str, path: str, line: int) -> str | None:
-        if not line_text.strip():
-            return None
+    def _json_text(self, line_text: str, path: str, line: int) -> str:
         try:
             row = json.loads(line_text)
         except ValueError as e:
@@ -188,7 +206,8 @@ class CorpusReader:
                               f"{type(text).__name__}, not text")
         return text
 
-    def _columns(self, source: Source) -> Iterator[str]:
+    def _columns(self, source: Source, skip: int) -> Iterator[str | None]:
+        """The text of every row ("" for a null), batches wholly before `skip` counted without being read."""
         try:
             import pyarrow as pa
         except ImportError:
@@ -210,12 +229,17 @@ class CorpusReader:
                     raise CorpusError(f"--corpus: {source.path} has no column {self.text_field!r} (it has "
                                       f"{', '.join(reader.schema.names)}; choose with --text-field)")
                 batches = reader
+            rows = 0
             for batch in batches:
                 column = batch.column(self.text_field)
                 if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                     raise CorpusError(f"--corpus: {source.path}: column {self.text_field!r} holds "
                                       f"{column.type}, not text")
-                yield from (text for text in column.to_pylist() if text)
+                rows += batch.num_rows
+                if rows <= skip:
+                    yield from (None for _ in range(batch.num_rows))
+                else:
+                    yield from (text or "" for text in column.to_pylist())
         except (pa.ArrowException, OSError) as e:
             raise CorpusError(f"--corpus: {source.path} is not a readable {source.kind} file "
                               f"({str(e).splitlines()[0]})") from None
@@ -248,7 +272,10 @@ def _pieces(stream, path: str, mode: str) -> Iterator[tuple[bytes, bool, int, in
     try:
         while True:
             if mode == "row":
-                chunk = stream.readline()
+                chunk = stream.readline(MAX_ROW_BYTES + 1)
+                if len(chunk) > MAX_ROW_BYTES:
+                    raise CorpusError(f"--corpus: {path}, line {line}: a row longer than {MAX_ROW_BYTES:,} bytes "
+                                      "(JSON Lines holds one document per line)")
             else:
                 chunk = carry + (stream.readline(PIECE_BYTES - len(carry)) if per_line else
                                  stream.read(PIECE_BYTES - len(carry)))
@@ -257,12 +284,10 @@ def _pieces(stream, path: str, mode: str) -> Iterator[tuple[bytes, bool, int, in
             ends_line = chunk.endswith(b"\n")
             cut = len(chunk) if ends_line or len(chunk) < PIECE_BYTES or mode == "row" else _cut(chunk, per_line)
             piece, carry = chunk[:cut], chunk[cut:]
-            if per_line:
-                yield piece.rstrip(b"\r\n"), first, line, offset
-                first = ends_line
-            else:
-                yield piece, first, line, offset
-                first = False
+            text = piece.rstrip(b"\r\n") if per_line else piece
+            if text:  # an empty line, or a line end read apart from its line, is no piece
+                yield text, first, line, offset
+            first = ends_line if per_line else False
             line += piece.count(b"\n")
             offset += len(piece)
     except (OSError, EOFError, lzma.LZMAError) as e:
@@ -286,22 +311,32 @@ def _cut(chunk: bytes, per_line: bool) -> int:
     return at - 1 if chunk[at - 1] >= 0xC0 else at  # a lead byte whose continuation lies past the chunk
 
 
-def _decoded(pieces, path: str, skip_bad_lines: bool, counter: _BadLines) -> Iterator[tuple[str, bool, int, int]]:
+def _decoded(pieces, path: str, skip_bad_lines: bool, counter: _BadLines,
+             per_line: bool) -> Iterator[tuple[str, bool, int]]:
+    """(text, starts_document, line number) of the non-empty pieces, decoded from UTF-8. A line that is not UTF-8
+    raises CorpusError naming its line and byte, or with skip_bad_lines is counted and skipped: per line, the rest
+    of that line with it (pieces of it already given stay); in a whole file, the bad lines of the piece, a piece
+    left empty handing its start of document to the next."""
+    dropping_line = pending_start = False
     for piece, starts, line, offset in pieces:
-        try:
-            yield piece.decode("utf-8"), starts, line, offset
+        if dropping_line and not starts:
             continue
+        dropping_line, starts = False, starts or pending_start
+        try:
+            text = piece.decode("utf-8")
         except UnicodeDecodeError:
-            pass
-        lines, kept = piece.split(b"\n"), []
-        for number, text in enumerate(lines):
-            try:
-                kept.append(text.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                if not skip_bad_lines:
-                    at = offset + sum(len(t) + 1 for t in lines[:number]) + e.start
-                    raise CorpusError(f"--corpus: {path}, line {line + number} (byte {at}): not UTF-8 text "
-                                      "(--skip-bad-lines skips such lines)") from None
-                counter.count += 1
-        if kept:
-            yield "\n".join(kept), starts, line, offset
+            lines, kept = piece.split(b"\n"), []
+            for number, part in enumerate(lines):
+                try:
+                    kept.append(part.decode("utf-8"))
+                except UnicodeDecodeError as bad:
+                    if not skip_bad_lines:
+                        at = offset + sum(len(t) + 1 for t in lines[:number]) + bad.start
+                        raise CorpusError(f"--corpus: {path}, line {line + number} (byte {at}): not UTF-8 text "
+                                          "(--skip-bad-lines skips such lines)") from None
+                    counter.count += 1
+            dropping_line = per_line
+            text = "" if per_line else "\n".join(kept)
+        pending_start = starts and not text and not per_line
+        if text:
+            yield text, starts, line

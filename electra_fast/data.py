@@ -124,14 +124,20 @@ class TokenData:
         try:
             with open(path) as f:
                 index = json.load(f)
-            shards, dtype = index["shards"], np.dtype(index["dtype"]).newbyteorder("<")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            version = index.get("format")
+        except (OSError, ValueError, AttributeError) as e:
             raise DataError(f"--data {folder}: {INDEX} is unreadable ({e})") from None
-        if index.get("format") != FORMAT:
-            raise DataError(f"--data {folder}: {INDEX} has format {index.get('format')!r}; this version of "
-                            f"electra-fast reads {FORMAT!r} (prepare the corpus again)")
+        if version != FORMAT:
+            raise DataError(f"--data {folder}: {INDEX} has format {version!r}; this version of electra-fast reads "
+                            f"{FORMAT!r} (prepare the corpus again)")
+        try:
+            shards, dtype = index["shards"], np.dtype(index["dtype"]).newbyteorder("<")
+            self.specials = {name: int(index["specials"][name]) for name in SPECIALS}
+            if not all(isinstance(s, dict) and {"file", "tokens", "sha256"} <= set(s) for s in shards):
+                raise KeyError("shards")
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"--data {folder}: {INDEX} is unreadable (bad or missing {e})") from None
         self.index, self.tokenizer_dir = index, os.path.join(folder, TOKENIZER)
-        self.specials = index["specials"]
         self.maps = []
         for shard in shards:
             shard_path = os.path.join(folder, shard["file"])
@@ -148,29 +154,33 @@ class TokenData:
                                           ).hexdigest()[:16]
         self._corrupt, self._verifier = [], None
 
-    def verify(self) -> None:
-        """Starts hashing every shard in a background thread (once)."""
+    def verify(self, part: int = 0, parts: int = 1) -> None:
+        """Starts checking the sha256 of every `parts`-th shard from `part` (a process's share) in a background
+        thread, once."""
         if self._verifier is None:
-            self._verifier = threading.Thread(target=self._hash_shards, daemon=True, name="shard-sha256")
+            mine = self.index["shards"][part::parts]
+            self._verifier = threading.Thread(target=self._hash_shards, args=(mine,), daemon=True,
+                                              name="shard-sha256")
             self._verifier.start()
 
-    def _hash_shards(self) -> None:
-        for shard in self.index["shards"]:
+    def _hash_shards(self, shards: list) -> None:
+        for shard in shards:
             digest = hashlib.sha256()
-            with open(os.path.join(self.folder, shard["file"]), "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
+            try:
+                with open(os.path.join(self.folder, shard["file"]), "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        digest.update(block)
+            except OSError as e:
+                self._corrupt.append(f"{shard['file']} is unreadable ({e.strerror or e})")
+                continue
             if digest.hexdigest() != shard["sha256"]:
-                self._corrupt.append(shard["file"])
+                self._corrupt.append(f"{shard['file']} is corrupt (its sha256 differs from the index's)")
 
-    def raise_if_corrupt(self, wait: bool = False) -> None:
-        """Raises DataError if the background check found a shard whose sha256 differs from the index's; with
-        `wait`, first waits for the check to finish."""
-        if wait and self._verifier is not None:
+    def corrupt_shards(self) -> list[str]:
+        """Waits for the background check, then returns what it found wrong, one line per shard."""
+        if self._verifier is not None:
             self._verifier.join()
-        if self._corrupt:
-            raise DataError(f"--data {self.folder}: shard {self._corrupt[0]} is corrupt (its sha256 differs from "
-                            "the index's); prepare the corpus again")
+        return list(self._corrupt)
 
     def windows(self, seq_len: int, valid_sequences: int = 0) -> "Windows":
         return Windows(self, seq_len, valid_sequences)
@@ -253,22 +263,36 @@ class Windows:
 def prefetched(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[torch.Tensor]:
     """The same batches, made up to `depth` ahead by a background thread, so the training loop does not wait for
     the permutation and the gather (numpy releases the interpreter lock while it copies, and the loop while it
-    waits for the device)."""
+    waits for the device). Closing the generator stops the thread."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def produce():
         try:
             for batch in batches:
-                ready.put(batch)
+                if not hand_over(batch):
+                    return
         except BaseException as e:  # handed to the consumer, which raises it
-            ready.put(e)
+            hand_over(e)
 
     threading.Thread(target=produce, daemon=True, name="batches").start()
-    while True:
-        batch = ready.get()
-        if isinstance(batch, BaseException):
-            raise batch
-        yield batch
+    try:
+        while True:
+            batch = ready.get()
+            if isinstance(batch, BaseException):
+                raise batch
+            yield batch
+    finally:  # closed or collected: the producer stops and lets go of the data
+        stop.set()
 
 
 _ROUNDS = 4

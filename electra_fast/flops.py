@@ -4,8 +4,9 @@ objectives compare at equal compute.
 The conventions (Clark et al., 2020, and the script published with the paper):
 - a matrix multiply of an m-vector by an m x n matrix is 2·m·n flops; elementwise work is counted per element
   with small constants (layer norm 5, GELU 8, softmax 5, dropout 4);
-- training costs twice the forward pass (the backward counted equal to the forward, as the script does): with
-  it the script's figures are the paper's, 1.4e18 for ELECTRA-Small and 6.4e19 for ELECTRA-Base;
+- training costs twice the forward pass (the backward counted equal to the forward, as the script does); so
+  counted, BERT-Small is 1.4e18, BERT-Base and ELECTRA-Base 6.4e19, as in the paper's Table 1, and ELECTRA-Small
+  with its quarter-width generator 1.3e18 (the table says 1.4e18, which a half-width generator would give);
 - the input embedding lookup is counted *dense*, as a multiply by a one-hot vector (2·E·V per token), unless
   `sparse_embeddings=True`; at the tiny sizes of a CPU run this choice dominates the ELECTRA/MLM ratio;
 - the MLM output (projection, GELU, layer norm, the 2·E·V product with the embedding, its softmax) is counted

@@ -22,6 +22,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -66,8 +67,8 @@ def _byte_count(text: str) -> int:
     scale = {"K": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}.get(text[-1:].upper(), 1)
     try:
         return int(float(text[:-1] if scale > 1 else text) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    except (ValueError, OverflowError):  # OverflowError: inf
+        raise argparse.ArgumentTypeError(f"not a finite number of bytes: {text!r}") from None
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -112,9 +113,11 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
     sources = corpus.find_sources(paths)
     reading = dict(document_per=document_per, text_field=text_field, skip_bad_lines=skip_bad_lines)
     tokenizer, saved = _tokenizer(out, sources, tokenizer_dir, vocab_size, tokenizer_sample, reading)
-    settings = {"sources": [[s.path, s.size] for s in sources], "documents": document_per, "text_field": text_field,
-                "skip_bad_lines": skip_bad_lines, "tokenizer": data.tokenizer_fingerprint(tokenizer),
-                "shard_tokens": shard_tokens}
+    settings = {"sources": [[s.path, s.size, s.modified] for s in sources], "documents": document_per,
+                "text_field": text_field, "skip_bad_lines": skip_bad_lines,
+                "tokenizer": data.tokenizer_fingerprint(tokenizer), "shard_tokens": shard_tokens,
+                "tokenizer_trained_with": None if tokenizer_dir else {"vocab_size": vocab_size,
+                                                                      "sample_bytes": tokenizer_sample}}
     index = _read_json(os.path.join(out, INDEX))
     if index is not None:
         _same_settings(out, index["settings"], settings)
@@ -129,16 +132,21 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
     if os.path.isdir(out):
         _remove_unrecorded_shards(out, len(state["shards"]))
 
-    def first_write():  # DATA and its tokenizer appear only once there are tokens to write
+    def first_write():  # DATA and its tokenizer appear only once there are tokens to write, with the settings
         os.makedirs(out, exist_ok=True)
         if not saved:
             checkpoint.write_folder(os.path.join(out, TOKENIZER), lambda f: data.save_tokenizer(tokenizer, f))
+        _write_json(os.path.join(out, PROGRESS), state)
 
-    dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if tokenizer.get_vocab_size() <= np.iinfo(t).max + 1)
     writer = _ShardWriter(out, state, dtype, shard_tokens, data.special_ids(tokenizer)["[SEP]"], first_write)
     reader = CorpusReader(sources, start=tuple(state["next"]), **reading)
-    _tokenize(reader, tokenizer, writer, workers or os.cpu_count() or 1, progress, sum(s.size for s in sources))
-    writer.finish()
+    try:
+        _tokenize(reader, tokenizer, writer, workers or os.cpu_count() or 1, progress, sum(s.size for s in sources))
+        writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
     if writer.state["tokens"] == 0:
         raise DataError(f"--corpus: no text in {' '.join(paths or [corpus.BUILTIN])} (the corpus is empty)")
     index = {"format": FORMAT, "tokenizer": settings["tokenizer"], "vocab_size": tokenizer.get_vocab_size(),
@@ -285,7 +293,7 @@ class _ShardWriter:
             tokens, at = ids[at:at + n], at + n
             if record.starts_document:
                 state["pending_document"] = True
-            elif record.is_end:
+            elif record.end:
                 state["bad_lines"] += record.bad_lines
             if n:
                 if state["pending_document"]:
@@ -329,6 +337,13 @@ class _ShardWriter:
         self.file = self.digest = None
         self.in_shard = 0
 
+    def abandon(self) -> None:
+        """Removes the shard being written (an interrupted or failed run keeps only whole, recorded shards)."""
+        if self.file is not None:
+            self.file.close()
+            os.remove(self._path(len(self.state["shards"]), temporary=True))
+            self.file = None
+
     def finish(self) -> None:
         if self.file is not None:
             self._close(next_record=[len(self.state["settings"]["sources"]), 0])
@@ -341,8 +356,8 @@ class _ShardWriter:
 def _remove_unrecorded_shards(out: str, recorded: int) -> None:
     """Shards past the recorded ones (renamed just before an interruption) and temporary files are redone."""
     for name in os.listdir(out):
-        if name.endswith(".partial") or (name.startswith("shard-") and name.endswith(".bin")
-                                         and int(name[6:11]) >= recorded):
+        number = re.fullmatch(r"shard-(\d+)\.bin", name)
+        if name.endswith(".partial") or (number and int(number.group(1)) >= recorded):
             os.remove(os.path.join(out, name))
 
 
@@ -359,6 +374,9 @@ def _read_json(path: str) -> dict | None:
     if not isinstance(found, dict) or found.get("format") != FORMAT:
         raise DataError(f"{path} has format {found.get('format') if isinstance(found, dict) else None!r}; this "
                         f"version of electra-fast reads {FORMAT!r}")
+    missing = {"settings", "shards"} - set(found)
+    if missing:
+        raise DataError(f"{path} is unreadable (it lacks {', '.join(sorted(missing))})")
     return found
 
 

@@ -173,6 +173,14 @@ class _Distributed:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, items: list) -> list:
+        """Every rank's `items` (picklable), concatenated in rank order, on every rank."""
+        if self.world == 1:
+            return items
+        every = [None] * self.world
+        torch.distributed.all_gather_object(every, items)
+        return [item for part in every for item in part]
+
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             torch.distributed.all_reduce(values)
@@ -199,7 +207,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     tokenizer = data.load_tokenizer(tokens.tokenizer_dir)
     specials = data.special_ids(tokenizer)
     windows = tokens.windows(args.seq_len, _valid_sequences(args, tokens))
-    tokens.verify()
+    tokens.verify(rank, dist.world)
 
     torch.manual_seed(args.seed)
     model = ElectraPretrainer.from_preset(
@@ -217,6 +225,10 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         if rank == 0:
             print(f"--max-flops {args.max_flops:.3g}: {args.steps} steps of {step_flops:.3g} FLOPs", file=sys.stderr)
     milestones = sorted(args.export_at_flops)
+    unreachable = [f for f in milestones if f > args.steps * step_flops]
+    if unreachable and rank == 0:
+        print(f"--export-at-flops: {', '.join(f'{f:g}' for f in unreachable)} lie past the run's "
+              f"{args.steps * step_flops:g} FLOPs and will not be exported", file=sys.stderr)
     warmup = args.warmup_steps
     if warmup is None:  # an extended run keeps the warm-up it had
         warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
@@ -241,9 +253,10 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"].cpu())
         start, consumed = state["step"], state["sequences_consumed"]
-        if args.steps < start:
-            raise CheckpointError(f"--steps {args.steps} is below the step of the checkpoint {previous} ({start})")
-        if args.steps != saved["steps"]:
+        if args.steps < saved["steps"]:
+            raise CheckpointError(f"--steps {args.steps} is below the {saved['steps']} steps of the run in {args.out}; "
+                                  "a resumed run continues to its end or is extended")
+        if args.steps > saved["steps"]:
             for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
                 group["lr"] = base * lr_multiplier(start, warmup=warmup, total=args.steps)
             scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
@@ -267,7 +280,6 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         with tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
                   desc="pretrain") as bar:
             for step in bar:
-                tokens.raise_if_corrupt()
                 torch.manual_seed(step_seed(args.seed, step, rank))
                 totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -289,17 +301,17 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                     log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s, "flops": step_flops,
                                "total_flops": done * step_flops,
                                **({f"valid_{k}": v for k, v in valid.items()} if evaluated else {})})
-                reached = [f for f in milestones if (done - 1) * step_flops < f <= done * step_flops]
-                if reached and rank == 0:
-                    _export(os.path.join(args.out, "exports", f"flops-{reached[-1]:.3g}"), model, tokenizer,
-                            step=done, flops=done * step_flops)
+                for milestone in milestones:
+                    if rank == 0 and (done - 1) * step_flops < milestone <= done * step_flops:
+                        _export(os.path.join(args.out, "exports", f"flops-{milestone:g}"), model, tokenizer,
+                                step=done, flops=done * step_flops)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm_loss']:.3f}",
                                 rtd=f"{metrics['rtd_loss']:.3f}", gen_acc=f"{metrics['gen_accuracy']:.3f}",
                                 disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}",
                                 **({"valid_mlm": f"{valid['mlm_loss']:.3f}", "valid_rtd": f"{valid['rtd_loss']:.3f}"}
                                    if valid else {}))
                 if done % args.save_every == 0 or done == args.steps:
-                    tokens.raise_if_corrupt(wait=True)  # no checkpoint of a step that read a corrupt shard
+                    _raise_if_corrupt(tokens, dist)  # no checkpoint of steps that read a corrupt shard
                     _save(args.out, done, model, optimizer, scheduler, consumed, config, args.keep, dist)
     except KeyboardInterrupt:
         if rank == 0:
@@ -307,6 +319,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                   "(continue with --resume)", file=sys.stderr)
         return 130
     finally:
+        stream.close()
         if log is not None:
             log.file.close()
     if rank == 0:
@@ -347,20 +360,25 @@ def _token_data(args, dist: _Distributed) -> data.TokenData:
                                 f"{args.data} ({tokens.index['tokenizer']})")
         return tokens
     folder = os.path.join(args.out, "data")
-    error = None
     if dist.rank == 0:
-        try:
-            prepare.prepare(args.corpus, folder, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
-                            tokenizer_sample=args.tokenizer_sample, workers=args.workers,
-                            shard_tokens=args.shard_tokens, document_per=args.documents, text_field=args.text_field,
-                            skip_bad_lines=args.skip_bad_lines, progress=False)
-        except (DataError, CorpusError, OSError) as e:
-            error = f"{type(e).__name__}: {e}"
-    error = dist.broadcast(error)
-    if error:
-        kind, message = error.split(": ", 1)
-        raise (CorpusError if kind == "CorpusError" else DataError)(message)
+        prepare.prepare(args.corpus, folder, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
+                        tokenizer_sample=args.tokenizer_sample, workers=args.workers, shard_tokens=args.shard_tokens,
+                        document_per=args.documents, text_field=args.text_field, skip_bad_lines=args.skip_bad_lines,
+                        progress=False)
+    else:
+        # Preparing may take hours, past any collective's timeout: the other ranks watch for the index instead
+        # (torchrun stops them if rank 0 fails). OUT must be on a filesystem every node sees, as for --resume.
+        while not os.path.exists(os.path.join(folder, data.INDEX)):
+            time.sleep(1)
     return data.TokenData(folder)
+
+
+def _raise_if_corrupt(tokens: data.TokenData, dist: _Distributed) -> None:
+    """Waits for every process's check of its share of the shards; raises DataError on every process if one
+    found a shard corrupt or unreadable."""
+    found = dist.gather(tokens.corrupt_shards())
+    if found:
+        raise DataError(f"--data {tokens.folder}: shard {found[0]}; prepare the corpus again")
 
 
 def _valid_sequences(args, tokens: data.TokenData) -> int:

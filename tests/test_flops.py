@@ -27,19 +27,20 @@ def test_a_tiny_encoder_counted_by_hand():
 
 
 @pytest.mark.parametrize("model, steps, batch, seq_len, expected", [
-    ("electra-small", 1_000_000, 128, 128, 1.4e18),
+    ("electra-small", 1_000_000, 128, 128, 1.3e18),  # the paper's table says 1.4e18: see flops.py
     ("bert-small", 1_450_000, 128, 128, 1.4e18),
     ("electra-base", 766_000, 256, 512, 6.4e19),
     ("bert-base", 1_000_000, 256, 512, 6.4e19),
 ])
 def test_the_papers_training_flops(model, steps, batch, seq_len, expected):
-    """Table 1 of the paper (its generators: Small 128 wide, Base 256 wide; 20 of every 128 tokens predicted)."""
+    """The paper's Table 1 as its FLOPs script computes it: generators a quarter (Small, 64 wide) and a third (Base,
+    256 wide) of the discriminator; 20 of every 128 tokens predicted."""
     small = EncoderConfig(vocab_size=30522, hidden_size=256, num_layers=12, num_heads=4, intermediate_size=1024,
                           embedding_size=128)
     base = EncoderConfig(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                          embedding_size=768)
     disc = small if "small" in model else base
-    width = 128 if "small" in model else 256
+    width = 64 if "small" in model else 256
     gen = dataclasses.replace(disc, hidden_size=width, num_heads=width // 64, intermediate_size=4 * width)
     per_sequence = (flops.electra_train_flops(gen, disc, seq_len, masked_fraction=0.15625) if model.startswith("electra")
                     else flops.encoder_train_flops(disc, seq_len, masked_fraction=0.15625))

@@ -154,7 +154,72 @@ def test_long_lines_and_whole_files_are_read_in_pieces(tmp_path, tokenizer_dir, 
     assert torch.equal(all_sequences(tmp_path / "b", 40), packed_in_memory(whole_files, tokenizer, 40))
 
 
-def test_tokenizer_is_trained_on_a_sample_from_every_source_and_ids_fit_the_dtype(tmp_path):
+def test_piece_boundaries_lose_no_text_and_make_no_records_of_line_ends(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "PIECE_BYTES", 16)
+    lines = [b"a" * 16, b"x" * 15 + b"\r", b"", b"tail words here", b"\xc3\xa9" * 12, b"end"]  # 16 bytes, CR at the cut
+    path = tmp_path / "edges.txt"
+    path.write_bytes(b"\n".join(lines[:1] + [b"x" * 15]) + b"\r\n" + b"\n".join(lines[2:]))  # no final newline
+    records = list(corpus.CorpusReader(corpus.find_sources([str(path)])))
+    assert all(r.text for r in records[:-1]) and records[-1].end and not records[-1].text
+    documents = []
+    for record in records[:-1]:
+        documents.append("") if record.starts_document else None
+        documents[-1] += record.text
+    assert documents == ["a" * 16, "x" * 15, "tail words here", "é" * 12, "end"]
+
+
+def test_skipped_bad_lines_drop_whole_lines_count_once_and_survive_a_restart(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr(corpus, "PIECE_BYTES", 16)
+    body = b"first doc\n" + b"\xff" * 3 + b"x" * 20 + b" more words\n" + b"bad \xff line\n" + b"a" * 16 + b"\n" + \
+        b"tail words here\n"
+    (tmp_path / "one.txt").write_bytes(body * 3)
+    (tmp_path / "two.txt").write_bytes(b"clean line\n" + body)
+    records = [r for r in corpus.CorpusReader(corpus.find_sources([str(tmp_path / "one.txt")]), skip_bad_lines=True)]
+    texts = [(r.text, r.starts_document) for r in records if not r.end]
+    assert texts[:3] == [("first doc", True), ("a" * 16, True), ("tail words here", True)]  # no tail of a bad line
+    assert records[-1].end and records[-1].bad_lines == 6
+    common = dict(tokenizer_dir=tokenizer_dir, shard_tokens=8, workers=1, skip_bad_lines=True, progress=False)
+    paths = [str(tmp_path / "one.txt"), str(tmp_path / "two.txt")]
+    whole = prepare.prepare(paths, str(tmp_path / "whole"), **common)
+    assert whole["bad_lines"] == 8
+    real_close, calls = prepare._ShardWriter._close, []
+
+    def close_then_stop(self, next_record):
+        real_close(self, next_record)
+        calls.append(next_record)
+        if len(calls) == 4:  # in the middle of the first file, after some of its bad lines
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare._ShardWriter, "_close", close_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(paths, str(tmp_path / "restarted"), **common)
+    assert calls[-1][0] == 0 and calls[-1][1] > 1
+    monkeypatch.setattr(prepare._ShardWriter, "_close", real_close)
+    assert prepare.prepare(paths, str(tmp_path / "restarted"), **common)["bad_lines"] == 8
+    assert _shard_files(tmp_path / "restarted") == _shard_files(tmp_path / "whole")
+
+
+def test_folders_skip_hidden_ones_take_datasets_inside_and_refuse_archives(tmp_path):
+    import pyarrow as pa
+
+    (tmp_path / "c" / ".cache").mkdir(parents=True)
+    (tmp_path / "c" / ".cache" / "x.txt").write_text("hidden\n")
+    (tmp_path / "c" / "a.TXT.GZ").write_bytes(gzip.compress(b"zipped\n"))
+    nested = tmp_path / "c" / "b"
+    nested.mkdir()
+    with pa.ipc.new_stream(str(nested / "data.arrow"), pa.schema([("text", pa.string())])) as writer:
+        writer.write_table(pa.table({"text": ["from arrow"]}))
+    (nested / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data.arrow"}]}))
+    (nested / "dataset_info.json").write_text("{}")
+    sources = corpus.find_sources([str(tmp_path / "c")])
+    assert [os.path.basename(s.path) for s in sources] == ["a.TXT.GZ", "data.arrow"]
+    assert [r.text for r in corpus.CorpusReader(sources) if not r.end] == ["zipped", "from arrow"]
+    (tmp_path / "owt.tar.xz").write_bytes(b"")
+    with pytest.raises(corpus.CorpusError, match="is an archive"):
+        corpus.find_sources([str(tmp_path / "owt.tar.xz")])
+
+
+def test_tokenizer_is_trained_on_a_sample_from_every_source_and_ids_take_the_narrowest_dtype(tmp_path):
     (tmp_path / "a.txt").write_text("\n".join(["alpha beta gamma"] * 200), encoding="utf-8")
     (tmp_path / "b.txt").write_text("\n".join(["zyxwv qutsr"] * 200), encoding="utf-8")
     index = prepare.prepare([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], str(tmp_path / "data"),
@@ -162,8 +227,8 @@ def test_tokenizer_is_trained_on_a_sample_from_every_source_and_ids_fit_the_dtyp
     tokenizer = data.load_tokenizer(str(tmp_path / "data" / "tokenizer"))
     for word in ("alpha", "zyxwv"):  # both sources reached the sample
         assert tokenizer.token_to_id(word) is not None
-    assert index["tokenizer"] == data.tokenizer_fingerprint(tokenizer) and index["dtype"] == "uint16"
-    stream = np.concatenate([np.fromfile(tmp_path / "data" / s["file"], "<u2") for s in index["shards"]])
+    assert index["tokenizer"] == data.tokenizer_fingerprint(tokenizer) and index["dtype"] == "uint8"
+    stream = np.concatenate([np.fromfile(tmp_path / "data" / s["file"], "u1") for s in index["shards"]])
     assert len(stream) == index["tokens"] and stream.max() < tokenizer.get_vocab_size()
 
 
@@ -334,8 +399,11 @@ def test_damaged_data_is_refused_naming_the_shard(tmp_path, tokenizer_dir):
     shard.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
     tokens = data.TokenData(str(tmp_path / "data"))  # same size: only the checksum can tell
     tokens.verify()
-    with pytest.raises(data.DataError, match="shard-00001.bin is corrupt"):
-        tokens.raise_if_corrupt(wait=True)
+    assert tokens.corrupt_shards() == ["shard-00001.bin is corrupt (its sha256 differs from the index's)"]
+    halves = [data.TokenData(str(tmp_path / "data")) for _ in range(2)]
+    for part, half in enumerate(halves):  # two processes, each its share of the shards
+        half.verify(part, 2)
+    assert [len(half.corrupt_shards()) for half in halves] == [0, 1]
     shard.write_bytes(original)
     index = json.loads((tmp_path / "data" / "index.json").read_text())
     (tmp_path / "data" / "index.json").write_text(json.dumps({**index, "format": "electra-fast-tokens/99"}))

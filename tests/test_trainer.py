@@ -237,7 +237,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, 
     (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
     (["--vocab-size", "3"], "--vocab-size must be more than the 5 special tokens, got 3"),
     (["--steps", "0"], "--steps must be at least 1, got 0"),
-    (["--steps", "3"], "--steps 3 is below the step of the checkpoint"),
+    (["--steps", "3"], "--steps 3 is below the 4 steps of the run"),
     (["--valid-fraction", "1.5"], "--valid-fraction must be in [0, 1), got 1.5"),
     (["--eval-every", "-1"], "--eval-every must be at least 0, got -1"),
     (["--hidden-size", "33"], "--hidden-size 33 must be a multiple of --num-heads 2"),
@@ -314,7 +314,7 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
     assert [sorted(k for k in r if k.startswith("valid_")) for r in a] == [[], [f"valid_{m}" for m in sorted(
         trainer.METRICS)], [], [f"valid_{m}" for m in sorted(trainer.METRICS)]]
     assert not any(k.startswith("valid_") for r in b for k in r)
-    for key in trainer.METRICS:  # evaluating draws no number from training's generator
+    for key in trainer.METRICS:
         assert [r[key] for r in a] == [r[key] for r in b]
     assert a[1]["valid_mlm_loss"] != a[3]["valid_mlm_loss"]  # the model changed between the two validations
     assert _run(tmp_path / "c", corpus, "--steps", "2", "--valid-sequences", "5", "--eval-every", "2") == 0
@@ -332,15 +332,34 @@ def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsy
     assert [(r["flops"], r["total_flops"]) for r in _log(tmp_path / "a")] == [(per_step, per_step),
                                                                              (per_step, 2 * per_step)]
     capsys.readouterr()
-    assert _run(tmp_path / "b", corpus, "--max-flops", str(3.5 * per_step), "--export-at-flops", str(per_step / 2),
-                str(2 * per_step), "--save-every", "10") == 0
-    assert f"3 steps of {per_step:.3g} FLOPs" in capsys.readouterr().err
+    milestones = [per_step / 2, per_step * 0.75, 2 * per_step, 9 * per_step]  # two in step 1, one past the end
+    assert _run(tmp_path / "b", corpus, "--max-flops", str(3.5 * per_step), "--export-at-flops",
+                *map(str, milestones), "--save-every", "10") == 0
+    err = capsys.readouterr().err
+    assert f"3 steps of {per_step:.3g} FLOPs" in err and f"{9 * per_step:g} lie past the run's" in err
     assert [r["step"] for r in _log(tmp_path / "b")] == [1, 2, 3]
-    for milestone, step in ((per_step / 2, 1), (2 * per_step, 2)):
-        exported = json.loads((tmp_path / "b" / "exports" / f"flops-{milestone:.3g}" / "config.json").read_text())
+    for milestone, step in zip(milestones, (1, 1, 2)):
+        exported = json.loads((tmp_path / "b" / "exports" / f"flops-{milestone:g}" / "config.json").read_text())
         assert (exported["pretraining_step"], exported["pretraining_flops"]) == (step, step * per_step)
+    assert len(os.listdir(tmp_path / "b" / "exports")) == 3
     final = json.loads((tmp_path / "b" / "discriminator" / "config.json").read_text())
     assert final["pretraining_flops"] == 3 * per_step
+
+
+def test_evaluation_leaves_the_random_state_and_the_mode_as_it_found_them(tmp_path, corpus):
+    from electra_fast import ElectraPretrainer, prepare
+
+    prepare.prepare([corpus[0]], str(tmp_path / "data"), tokenizer_dir=corpus[1], progress=False)
+    windows = data.TokenData(str(tmp_path / "data")).windows(24, valid_sequences=5)
+    model = ElectraPretrainer.from_preset("small", vocab_size=300, mask_token_id=4, num_layers=1, hidden_size=32,
+                                          num_heads=2, intermediate_size=64, embedding_size=16)
+    torch.manual_seed(3)
+    torch.rand(1)
+    before = torch.get_rng_state()
+    metrics = trainer._evaluate(model, windows, 2, False, 0, trainer._Distributed("cpu"))
+    assert torch.equal(torch.get_rng_state(), before) and model.training
+    assert set(metrics) == set(trainer.METRICS) and metrics == trainer._evaluate(
+        model, windows, 2, False, 0, trainer._Distributed("cpu"))  # a fixed seed: the same masks every time
 
 
 def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
