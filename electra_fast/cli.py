@@ -1,4 +1,4 @@
-"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), pretrain."""
+"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), pretrain, finetune (SPEC §6a)."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,12 @@ def pretrain(args) -> int:
     return trainer.main(args)
 
 
+def finetune(args) -> int:
+    from .finetune import cli
+
+    return cli.main(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +93,13 @@ def main(argv=None) -> int:
 
     add_arguments(p)
     p.set_defaults(fn=pretrain)
+
+    f = sub.add_parser("finetune", help="fine-tune a pretrained discriminator (or an ELECTRA/BERT folder) on "
+                                        "classification, token classification or question answering")
+    from .finetune.cli import add_arguments as add_finetune_arguments
+
+    add_finetune_arguments(f)
+    f.set_defaults(fn=finetune)
 
     args = parser.parse_args(argv)
     return args.fn(args)
