@@ -21,6 +21,7 @@ import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import torch
 
@@ -185,7 +186,7 @@ class _Task:
     validation: list[dict]
     label_keys: tuple[str, ...]
     config_changes: dict
-    score: object                     # callable(model outputs over validation) -> metrics dict
+    score: Callable[[list], dict]     # the model outputs over validation -> metrics
     notices: list[str]
 
 
