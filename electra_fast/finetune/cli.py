@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, default=None,
                    help="tokens per input, at most the model's positions (default 128; question-answering 512); "
                         "longer texts are cut, longer contexts windowed")
-    g.add_argument("--doc-stride", type=int, default=128, help="context tokens that consecutive windows share")
+    g.add_argument("--doc-stride", type=int, default=None,
+                   help="context tokens that consecutive windows share (default 128, or a quarter of --max-length "
+                        "when that is shorter)")
     g.add_argument("--max-query-length", type=int, default=64, help="questions are cut to this many tokens")
     g.add_argument("--max-answer-length", type=int, default=30, help="longest predicted answer, in tokens")
     g.add_argument("--n-best", type=int, default=20, help="start and end candidates per window")

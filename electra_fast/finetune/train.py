@@ -55,7 +55,7 @@ class FinetuneOptions:
     tag_column: int = -1
     # lengths; question answering
     max_length: int | None = None          # 128, or 512 for question answering; at most the model's positions
-    doc_stride: int = 128
+    doc_stride: int | None = None          # 128, or a quarter of max_length when that is shorter
     max_query_length: int = 64
     max_answer_length: int = 30
     n_best: int = 20
@@ -268,11 +268,12 @@ def _question_answering(options, tokenizer, length) -> _Task:
     train, train_v2 = data.read_squad(options.train)
     validation, v2 = data.read_squad(options.validation)
     v2 = v2 or train_v2
-    window = dict(max_length=length, doc_stride=options.doc_stride, max_query_length=options.max_query_length)
+    stride = options.doc_stride if options.doc_stride is not None else min(128, length // 4)
+    window = dict(max_length=length, doc_stride=stride, max_query_length=options.max_query_length)
     train_windows, long_train = data.encode_questions(tokenizer, train, **window)
     validation_windows, long_validation = data.encode_questions(tokenizer, validation, **window)
     notices = [f"{long_train} training and {long_validation} validation questions have contexts longer than one "
-               f"window of {length} tokens (cut into windows overlapping by {options.doc_stride})"]
+               f"window of {length} tokens (cut into windows overlapping by {stride})"]
     gold = {q.qid: [text for text, _ in q.answers] for q in validation}
 
     def score(logits):
@@ -367,7 +368,8 @@ def finetune(options: FinetuneOptions) -> dict:
     if options.seeds < 1 or options.batch_size < 1:
         raise FinetuneDataError("--seeds and --batch-size must be at least 1")
     tokenizer = load_tokenizer(options.model)
-    task = prepare(options, tokenizer, load_config(options.model).max_position_embeddings)
+    with _quiet_transformers(_transformers()):   # not its warning for each text longer than the model
+        task = prepare(options, tokenizer, load_config(options.model).max_position_embeddings)
     for notice in task.notices:
         print(notice, file=options.log)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
