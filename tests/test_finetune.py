@@ -386,3 +386,28 @@ def test_texts_longer_than_the_model_are_cut_and_counted(pretrained, tmp_path):
     assert "2 training and 2 validation texts were cut" in log.getvalue()
     with pytest.raises(FinetuneDataError, match="--task must be one of"):
         finetune(_options(pretrained, "parsing", task, task))
+
+
+def test_a_bert_folder_fine_tunes_with_its_pooler_initialised(pretrained, tmp_path):
+    """A BERT masked-LM checkpoint has no pooler: that head part starts fresh; every encoder weight loads."""
+    config = transformers.BertConfig(vocab_size=transformers.AutoTokenizer.from_pretrained(pretrained).vocab_size,
+                                     hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    bert = tmp_path / "bert"
+    transformers.BertForMaskedLM(config).save_pretrained(bert)
+    for name in ("tokenizer.json", "vocab.txt"):
+        (bert / name).write_bytes((pretrained / name).read_bytes())
+    model = train.load_model(str(bert), "classification", num_labels=2)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    groups = train.layerwise_parameter_groups(model, lr=1.0, decay=0.5, weight_decay=0.0)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert (lr_of[id(named["bert.embeddings.word_embeddings.weight"])], lr_of[id(named["bert.pooler.dense.weight"])],
+            lr_of[id(named["classifier.weight"])]) == (0.5 ** 3, 1.0, 1.0)
+    task = _write_tsv(tmp_path / "task.tsv", _fruit_sentences(64, random.Random(0)))
+    results = finetune(_options(bert, "classification", task, task, text_columns=("sentence",), epochs=1,
+                                out=str(tmp_path / "out")))
+    assert results["runs"][0]["accuracy"] > 0
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model")
+    assert type(loaded).__name__ == "BertForSequenceClassification"
