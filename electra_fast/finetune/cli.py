@@ -42,9 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--doc-stride", type=int, default=None,
                    help="context tokens that consecutive windows share (default 128, or a quarter of --max-length "
                         "when that is shorter)")
-    g.add_argument("--max-query-length", type=int, default=64, help="questions are cut to this many tokens")
-    g.add_argument("--max-answer-length", type=int, default=30, help="longest predicted answer, in tokens")
-    g.add_argument("--n-best", type=int, default=20, help="start and end candidates per window")
+    g.add_argument("--max-query-length", type=int, default=64, help="questions are cut to this many tokens (default 64)")
+    g.add_argument("--max-answer-length", type=int, default=30, help="longest predicted answer, in tokens (default 30)")
+    g.add_argument("--n-best", type=int, default=20, help="start and end candidates per window (default 20)")
     g = p.add_argument_group("training (defaults: ELECTRA's fine-tuning table, by the model's width)")
     g.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of the head (default 3e-4 up to hidden size 256, 1e-4 up to 768, else 5e-5)")
@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="lr · decay^(L + 2 - depth): embeddings depth 0, layer i depth i + 1, head L + 2 "
                         "(default 0.8; 0.9 above hidden size 768)")
     g.add_argument("--epochs", type=float, default=None, help="default 3 (question-answering 2)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps in linear warm-up")
+    g.add_argument("--batch-size", type=int, default=32, help="default 32")
+    g.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps in linear warm-up (default 0.1)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's, on matrices only (default 0)")
     g.add_argument("--seeds", type=int, default=1, help="runs, each from the same weights; reports each and the median")
     g.add_argument("--seed", type=int, default=0, help="the first run's seed (then seed + 1, ...)")
