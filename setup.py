@@ -9,7 +9,8 @@ from setuptools import setup
 arch = [] if os.environ.get("ELECTRA_FAST_PORTABLE") == "1" else ["-march=native"]
 
 setup(
-    packages=["electra_fast", "electra_fast.backends", "electra_fast.benchmark", "electra_fast.kernels"],
+    packages=["electra_fast", "electra_fast.backends", "electra_fast.benchmark", "electra_fast.finetune",
+              "electra_fast.kernels"],
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
     ext_modules=[
         Pybind11Extension(

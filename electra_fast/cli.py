@@ -1,4 +1,5 @@
-"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), prepare, pretrain."""
+"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), prepare, pretrain, finetune
+(SPEC §6a)."""
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,12 @@ def prepare(args) -> int:
     return preparing.main(args)
 
 
+def finetune(args) -> int:
+    from .finetune import cli
+
+    return cli.main(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +95,7 @@ def main(argv=None) -> int:
     c.add_argument("--device", default=None)
     c.set_defaults(fn=check)
 
-    d = sub.add_parser("prepare", help="stream a corpus of any size into memory-mapped token shards for pretrain --data")
+    d = sub.add_parser("prepare", help="stream a corpus of any size into memory-mapped token shards (pretrain --data)")
     from .prepare import add_arguments as add_prepare_arguments
 
     add_prepare_arguments(d)
@@ -99,6 +106,13 @@ def main(argv=None) -> int:
 
     add_arguments(p)
     p.set_defaults(fn=pretrain)
+
+    f = sub.add_parser("finetune", help="fine-tune a pretrained discriminator (or an ELECTRA/BERT folder) on "
+                                        "classification, token classification or question answering")
+    from .finetune.cli import add_arguments as add_finetune_arguments
+
+    add_finetune_arguments(f)
+    f.set_defaults(fn=finetune)
 
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -169,24 +169,6 @@ class Discriminator(nn.Module):
         return self.out(F.gelu(self.dense(self.encoder(input_ids, attention_mask)))).squeeze(-1)
 
 
-class SequenceClassifier(nn.Module):
-    """A pretrained discriminator's encoder with a classification head on the first token, for fine-tuning."""
-
-    def __init__(self, encoder: Encoder, num_labels: int, dropout: float = 0.1):
-        super().__init__()
-        self.encoder = encoder
-        h = encoder.config.hidden_size
-        self.dense = nn.Linear(h, h)
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(h, num_labels)
-        init_weights(self.dense)
-        init_weights(self.out)
-
-    def forward(self, input_ids, attention_mask=None):
-        first = self.encoder(input_ids, attention_mask)[:, 0]
-        return self.out(self.dropout(F.gelu(self.dense(self.dropout(first)))))
-
-
 # ------------------------------------------------------------------------------------- Hugging Face ELECTRA format
 # The discriminator as transformers' ElectraForPreTraining: config.json + model.safetensors. Names map one to one
 # except attention, which Layer fuses into one qkv projection ([3H, H], rows q, k, v) and transformers keeps as

@@ -202,8 +202,8 @@ def test_hugging_face_discriminator_loads_into_downstream_heads(tmp_path):
     assert torch.allclose(ours[mask.bool()], theirs[mask.bool()], rtol=1e-5, atol=1e-5)
 
 
-def test_builtin_discriminator_saves_and_fine_tunes(tmp_path):
-    from electra_fast.finetune import finetune_sequence_classifier, load_discriminator_encoder
+def test_builtin_discriminator_saves_and_loads_back(tmp_path):
+    from electra_fast.finetune import load_discriminator_encoder
 
     model = _builtin()
     model.save_discriminator(str(tmp_path))
@@ -211,10 +211,6 @@ def test_builtin_discriminator_saves_and_fine_tunes(tmp_path):
     encoder = load_discriminator_encoder(str(tmp_path))
     for a, b in zip(encoder.state_dict().values(), model.discriminator.encoder.state_dict().values()):
         assert torch.equal(a, b)
-    ids, mask = _batch(b=4)
-    labels = torch.tensor([0, 1, 0, 1])
-    classifier = finetune_sequence_classifier(encoder, ids, mask, labels, num_labels=2, epochs=30, lr=1e-3)
-    assert (classifier(ids, mask).argmax(-1) == labels).all()
 
 
 def test_presets_follow_the_paper():

@@ -1,0 +1,25 @@
+"""After pretraining the generator is discarded and the discriminator fine-tuned on a downstream task:
+classification and regression, token classification (named entities) or extractive question answering.
+
+    from electra_fast.finetune import FinetuneOptions, finetune
+    results = finetune(FinetuneOptions(model="run1/discriminator", task="classification",
+                                       train="train.tsv", validation="dev.tsv", out="sst2", seeds=5))
+    results["median"]    # {"accuracy": ..., "macro_f1": ..., "mcc": ..., "f1": ...}
+
+`electra-fast finetune` is the same from the command line. Modules: `data` (readers and encoding), `metrics`
+(pure functions), `train` (models, ELECTRA's optimiser and schedule, seeds), `cli`.
+"""
+from __future__ import annotations
+
+from ..models import Encoder, load_hugging_face_discriminator
+from .data import FinetuneDataError
+from .train import TASKS, FinetuneOptions, finetune, layerwise_parameter_groups, load_model, load_tokenizer
+
+__all__ = ["FinetuneDataError", "FinetuneOptions", "TASKS", "finetune", "layerwise_parameter_groups",
+           "load_discriminator_encoder", "load_model", "load_tokenizer"]
+
+
+def load_discriminator_encoder(directory: str) -> Encoder:
+    """The built-in encoder of a Hugging Face ELECTRA discriminator folder (`config.json` +
+    `model.safetensors`), as `ElectraPretrainer.save_discriminator` writes it for either kind of model."""
+    return load_hugging_face_discriminator(directory).encoder

@@ -1,0 +1,89 @@
+"""`electra-fast finetune`: argparse arguments and the command's main (exit 2 with one line for bad input)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import FinetuneDataError
+from .train import TASKS, FinetuneOptions, finetune
+
+EXIT_BAD_INPUT = 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="the discriminator `electra-fast pretrain` exports (OUT/discriminator), or a local Hugging "
+                        "Face ELECTRA or BERT folder (config.json, weights, tokenizer)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--train", required=True, metavar="FILE",
+                   help="classification: .csv, .tsv (GLUE's as they are) or .jsonl; token-classification: CoNLL "
+                        "(token and BIO tag per line); question-answering: SQuAD v1.1 / v2.0 JSON")
+    p.add_argument("--validation", required=True, metavar="FILE", help="the same format; scored after training")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="writes DIR/metrics.json and DIR/model (Hugging Face format with the tokenizer: the run of "
+                        "the median seed); replaces an existing DIR only once complete")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="the same architecture with fresh weights: the baseline that shows what pretraining bought")
+    g = p.add_argument_group("classification and regression (a label column of numbers written as floats, such "
+                             "as STS-B's, means regression)")
+    g.add_argument("--text-columns", nargs="+", default=["text"], metavar="COLUMN",
+                   help="one column, or two for sentence pairs (default: text)")
+    g.add_argument("--label-column", default="label", metavar="COLUMN", help="default: label")
+    g.add_argument("--no-header", dest="header", action="store_false",
+                   help="the CSV/TSV has no header row: columns are 0-based indices (GLUE's CoLA: --no-header "
+                        "--text-columns 3 --label-column 1)")
+    g = p.add_argument_group("token classification")
+    g.add_argument("--token-column", type=int, default=0, help="0-based, negative from the end (default 0)")
+    g.add_argument("--tag-column", type=int, default=-1, help="default -1: the last (CoNLL-2003's NER tags)")
+    g = p.add_argument_group("lengths and question answering")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="tokens per input, at most the model's positions (default 128; question-answering 512); "
+                        "longer texts are cut, longer contexts windowed")
+    g.add_argument("--doc-stride", type=int, default=None,
+                   help="context tokens that consecutive windows share (default 128, or a quarter of --max-length "
+                        "when that is shorter)")
+    g.add_argument("--max-query-length", type=int, default=64, help="questions are cut to this many tokens (default 64)")
+    g.add_argument("--max-answer-length", type=int, default=30, help="longest predicted answer, in tokens (default 30)")
+    g.add_argument("--n-best", type=int, default=20, help="start and end candidates per window (default 20)")
+    g = p.add_argument_group("training (defaults: ELECTRA's fine-tuning table, by the model's width)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the head (default 3e-4 up to hidden size 256, 1e-4 up to 768, else 5e-5)")
+    g.add_argument("--layerwise-lr-decay", type=float, default=None,
+                   help="lr · decay^(L + 2 - depth): embeddings depth 0, layer i depth i + 1, head L + 2 "
+                        "(default 0.8; 0.9 above hidden size 768)")
+    g.add_argument("--epochs", type=float, default=None, help="default 3 (question-answering 2)")
+    g.add_argument("--batch-size", type=int, default=32, help="default 32")
+    g.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps in linear warm-up (default 0.1)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's, on matrices only (default 0)")
+    g.add_argument("--seeds", type=int, default=1, help="runs, each from the same weights; reports each and the median")
+    g.add_argument("--seed", type=int, default=0, help="the first run's seed (then seed + 1, ...)")
+    g.add_argument("--device", default=None, help="default: cuda if present, else cpu")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for a GPU that supports it)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def options_from(args: argparse.Namespace) -> FinetuneOptions:
+    return FinetuneOptions(
+        model=args.model, task=args.task, train=args.train, validation=args.validation, out=args.out,
+        from_scratch=args.from_scratch, text_columns=tuple(args.text_columns), label_column=args.label_column,
+        header=args.header, token_column=args.token_column, tag_column=args.tag_column, max_length=args.max_length,
+        doc_stride=args.doc_stride, max_query_length=args.max_query_length, max_answer_length=args.max_answer_length,
+        n_best=args.n_best, lr=args.lr, layerwise_lr_decay=args.layerwise_lr_decay, epochs=args.epochs,
+        batch_size=args.batch_size, warmup_fraction=args.warmup_fraction, weight_decay=args.weight_decay,
+        seeds=args.seeds, seed=args.seed, device=args.device, bf16=args.bf16, progress=not args.quiet)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs `electra-fast finetune`: prints each seed's and the median metrics; returns the exit status."""
+    try:
+        results = finetune(options_from(args))
+    except (FinetuneDataError, OSError) as e:
+        print(f"electra-fast finetune: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("electra-fast finetune: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    median = " ".join(f"{k} {v:.4f}" for k, v in results["median"].items())
+    print(f"median of {len(results['runs'])} seed(s): {median}" + (f" | {args.out}" if args.out else ""))
+    return 0

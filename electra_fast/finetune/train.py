@@ -1,0 +1,411 @@
+"""Fine-tuning as ELECTRA does it, on Hugging Face ELECTRA and BERT models.
+
+The model is transformers' ElectraFor* / BertFor* class for the task, loaded from the folder (the discriminator
+that `electra-fast pretrain` exports, or any local ELECTRA or BERT checkpoint); every encoder weight must come
+from the file. Training: AdamW (eps 1e-6, no weight decay by default), linear warm-up over the first 10% of the
+steps then linear decay to 0, gradient clipping at 1.0, and layer-wise learning-rate decay as the ELECTRA release
+sets it: a parameter at depth d gets lr · decay^(L + 2 − d), where the embeddings are at depth 0, encoder layer
+i (0-based, from the input) at i + 1 and the task head at L + 2. Defaults follow the paper's fine-tuning table
+(Clark et al., 2020, Table 7), chosen by the model's width: lr 3e-4 up to ELECTRA-Small's 256, 1e-4 up to
+Base's 768, else 5e-5; layer-wise decay 0.8, 0.9 for Large; batch 32; 3 epochs (2 for question answering).
+Each seed trains from the same loaded weights; the results hold every run and the per-metric median.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import torch
+
+from ..trainer import lr_multiplier
+from . import data, metrics
+from .data import FinetuneDataError
+
+TASKS = ("classification", "token-classification", "question-answering")
+_AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification",
+                 "token-classification": "AutoModelForTokenClassification",
+                 "question-answering": "AutoModelForQuestionAnswering"}
+_PRIMARY = {"classification": "accuracy", "regression": "spearman", "token-classification": "f1",
+            "question-answering": "f1"}
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything one fine-tuning run needs; None means the default of the task or the model's size."""
+    model: str
+    task: str
+    train: str
+    validation: str
+    out: str | None = None
+    from_scratch: bool = False
+    # classification / regression tables
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    header: bool = True
+    # CoNLL
+    token_column: int = 0
+    tag_column: int = -1
+    # lengths; question answering
+    max_length: int | None = None          # 128, or 512 for question answering; at most the model's positions
+    doc_stride: int | None = None          # 128, or a quarter of max_length when that is shorter
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    n_best: int = 20
+    # training
+    lr: float | None = None
+    layerwise_lr_decay: float | None = None
+    epochs: float | None = None
+    batch_size: int = 32
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.0
+    seeds: int = 1
+    seed: int = 0
+    device: str | None = None
+    bf16: bool | None = None
+    progress: bool = True
+    log: object = field(default=sys.stderr, repr=False)   # where the run's notices go (a text stream)
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise FinetuneDataError("fine-tuning needs Hugging Face transformers: pip install 'electra-fast[hf]'") from None
+    return transformers
+
+
+@contextlib.contextmanager
+def _quiet_transformers(transformers):
+    """transformers' load report and progress bars off (this module reports what matters), restored after."""
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_tokenizer(directory: str):
+    """The fast tokenizer of a model folder (tokenizer.json, or a BERT vocab.txt); it gives character offsets."""
+    transformers = _transformers()
+    if not any(os.path.isfile(os.path.join(directory, name)) for name in ("tokenizer.json", "vocab.txt")):
+        raise FinetuneDataError(f"--model {directory}: no tokenizer (tokenizer.json or vocab.txt) in the folder")
+    try:
+        with _quiet_transformers(transformers):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    except Exception as e:  # tokenizers and transformers raise many types for unreadable files
+        raise FinetuneDataError(f"--model {directory}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    if not tokenizer.is_fast:
+        raise FinetuneDataError(f"--model {directory}: its tokenizer has no fast version (character offsets)")
+    return tokenizer
+
+
+def load_config(directory: str, **changes):
+    """The transformers config of an ELECTRA or BERT folder, updated with `changes`."""
+    transformers = _transformers()
+    try:
+        with _quiet_transformers(transformers):
+            config = transformers.AutoConfig.from_pretrained(directory, **changes)
+    except Exception as e:  # OSError, ValueError, JSON errors, depending on what is wrong
+        raise FinetuneDataError(f"--model {directory}: no usable config.json ({str(e).splitlines()[0]})") from None
+    if config.model_type not in ("electra", "bert"):
+        raise FinetuneDataError(f"--model {directory}: a {config.model_type!r} model; ELECTRA or BERT expected")
+    return config
+
+
+def load_model(directory: str, task: str, *, from_scratch: bool = False, **config_changes) -> torch.nn.Module:
+    """transformers' model of `task` for the ELECTRA or BERT folder `directory`, its config updated with
+    `config_changes` (num_labels, id2label, ...). Pretrained weights must cover the whole encoder and be finite:
+    a file that does not load, lacks encoder weights or holds NaN / inf is refused (FinetuneDataError), never
+    silently replaced by fresh weights. `from_scratch`: the same architecture, freshly initialised (torch's
+    global seed governs it)."""
+    transformers = _transformers()
+    config = load_config(directory, **config_changes)
+    with _quiet_transformers(transformers):
+        auto = getattr(transformers, _AUTO_CLASSES[task])
+        if from_scratch:
+            return auto.from_config(config)
+        try:
+            model, info = auto.from_pretrained(directory, config=config, output_loading_info=True)
+        except Exception as e:
+            raise FinetuneDataError(f"--model {directory}: its weights cannot be loaded "
+                                    f"({str(e).strip().splitlines()[0]})") from None
+    encoder = model.base_model_prefix + "."
+    missing = sorted(k for k in info["missing_keys"] if k.startswith(encoder) and ".pooler." not in k)
+    if missing:
+        raise FinetuneDataError(f"--model {directory}: the weight file lacks {len(missing)} encoder weights (e.g. "
+                                f"{missing[0]!r}): it is damaged or not a pretrained ELECTRA / BERT")
+    broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken:
+        raise FinetuneDataError(f"--model {directory}: the weight file is corrupt ({broken} holds NaN or inf)")
+    return model
+
+
+def layerwise_parameter_groups(model: torch.nn.Module, *, lr: float, decay: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups with ELECTRA's layer-wise learning rates: lr · decay^(L + 2 − depth), depth 0 for
+    the embeddings, i + 1 for encoder layer i, L + 2 for everything else (the task head, BERT's pooler). Weight
+    decay only on matrices."""
+    num_layers = model.config.num_hidden_layers
+    prefix = model.base_model_prefix
+    layer = re.compile(rf"{re.escape(prefix)}\.encoder\.layer\.(\d+)\.")
+
+    def depth(name: str) -> int:
+        if name.startswith(f"{prefix}.embeddings"):   # embeddings and ELECTRA's embeddings_project
+            return 0
+        match = layer.match(name)
+        return int(match.group(1)) + 1 if match else num_layers + 2
+
+    groups: dict[tuple[int, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        groups.setdefault((depth(name), parameter.ndim >= 2), []).append(parameter)
+    return [{"params": params, "lr": lr * decay ** (num_layers + 2 - d), "weight_decay": weight_decay if matrix else 0.0}
+            for (d, matrix), params in sorted(groups.items())]
+
+
+# ----------------------------------------------------------------------------------------------------- the data
+
+@dataclass
+class _Task:
+    """A task's encoded data and how to score predictions."""
+    kind: str                         # classification, regression, token-classification, question-answering
+    train: list[dict]
+    validation: list[dict]
+    label_keys: tuple[str, ...]
+    config_changes: dict
+    score: Callable[[list], dict]     # the model outputs over validation -> metrics
+    notices: list[str]
+
+
+def _max_length(options: FinetuneOptions, positions: int) -> int:
+    wanted = options.max_length or (512 if options.task == "question-answering" else 128)
+    return min(wanted, positions)
+
+
+def prepare(options: FinetuneOptions, tokenizer, positions: int) -> _Task:
+    """Reads and encodes the training and validation files of options.task for a model with `positions`
+    position embeddings."""
+    length = _max_length(options, positions)
+    if options.task == "classification":
+        return _classification(options, tokenizer, length)
+    if options.task == "token-classification":
+        return _token_classification(options, tokenizer, length)
+    if options.task == "question-answering":
+        return _question_answering(options, tokenizer, length)
+    raise FinetuneDataError(f"--task must be one of {', '.join(TASKS)}, got {options.task!r}")
+
+
+def _classification(options, tokenizer, length) -> _Task:
+    train = data.read_table(options.train, options.text_columns, options.label_column, header=options.header)
+    validation = data.read_table(options.validation, options.text_columns, options.label_column,
+                                 header=options.header)
+    train_features, cut_train = data.encode_texts(tokenizer, train, length)
+    validation_features, cut_validation = data.encode_texts(tokenizer, validation, length)
+    notices = [f"{cut_train} training and {cut_validation} validation texts were cut to {length} tokens"]
+    if data.is_regression([e.label for e in train]):
+        bad = next((e for e in validation if not data.is_number(e.label)), None)
+        if bad:
+            raise FinetuneDataError(f"{options.validation} line {bad.line}: label {bad.label!r} is not a number (the "
+                                    "training labels make this a regression)")
+        for feature, example in zip(train_features + validation_features, train + validation):
+            feature["labels"] = float(example.label)
+        gold = [float(e.label) for e in validation]
+        return _Task("regression", train_features, validation_features, ("labels",),
+                     {"num_labels": 1, "problem_type": "regression"},
+                     lambda logits: metrics.regression_metrics(gold, [float(v[0]) for v in logits]), notices)
+    labels = sorted({e.label for e in train})
+    data.check_labels([(e.label, e.line) for e in validation], labels, options.validation)
+    ids = {label: i for i, label in enumerate(labels)}
+    for feature, example in zip(train_features + validation_features, train + validation):
+        feature["labels"] = ids[example.label]
+    gold = [e.label for e in validation]
+
+    def score(logits):
+        predicted = [labels[max(range(len(row)), key=row.__getitem__)] for row in logits]
+        return metrics.classification_metrics(gold, predicted, labels)
+
+    return _Task("classification", train_features, validation_features, ("labels",),
+                 {"num_labels": len(labels), "problem_type": "single_label_classification",
+                  "id2label": dict(enumerate(labels)), "label2id": ids}, score, notices)
+
+
+def _token_classification(options, tokenizer, length) -> _Task:
+    read = dict(token_column=options.token_column, tag_column=options.tag_column)
+    train, validation = data.read_conll(options.train, **read), data.read_conll(options.validation, **read)
+    tags = sorted({t for s in train for t in s.tags})
+    data.check_labels([(t, line) for s in validation for t, line in zip(s.tags, s.lines)], tags, options.validation)
+    ids = {tag: i for i, tag in enumerate(tags)}
+    train_features, cut_train = data.encode_sentences(tokenizer, train, ids, length)
+    validation_features, cut_validation = data.encode_sentences(tokenizer, validation, ids, length)
+    notices = [f"{cut_train} training and {cut_validation} validation sentences were cut to {length} tokens (the "
+               "words cut off are predicted O)"]
+
+    def score(logits):
+        predicted = []
+        for feature, rows in zip(validation_features, logits):
+            predicted.append([tags[max(range(len(rows[p])), key=rows[p].__getitem__)] if p >= 0 else "O"
+                              for p in feature["first_token"]])
+        return metrics.entity_metrics([s.tags for s in validation], predicted)
+
+    return _Task("token-classification", train_features, validation_features, ("labels",),
+                 {"num_labels": len(tags), "id2label": dict(enumerate(tags)), "label2id": ids}, score, notices)
+
+
+def _question_answering(options, tokenizer, length) -> _Task:
+    train, train_v2 = data.read_squad(options.train)
+    validation, v2 = data.read_squad(options.validation)
+    v2 = v2 or train_v2
+    stride = options.doc_stride if options.doc_stride is not None else min(128, length // 4)
+    window = dict(max_length=length, doc_stride=stride, max_query_length=options.max_query_length)
+    train_windows, long_train = data.encode_questions(tokenizer, train, **window)
+    validation_windows, long_validation = data.encode_questions(tokenizer, validation, **window)
+    notices = [f"{long_train} training and {long_validation} validation questions have contexts longer than one "
+               f"window of {length} tokens (cut into windows overlapping by {stride})"]
+    gold = {q.qid: [text for text, _ in q.answers] for q in validation}
+
+    def score(logits):
+        starts, ends = [row[0] for row in logits], [row[1] for row in logits]
+        predictions = data.best_answers(validation, validation_windows, starts, ends, v2=v2, n_best=options.n_best,
+                                        max_answer_length=options.max_answer_length)
+        return metrics.squad_metrics(gold, predictions)
+
+    return _Task("question-answering", train_windows, validation_windows, ("start_positions", "end_positions"),
+                 {}, score, notices)
+
+
+# ------------------------------------------------------------------------------------------------- the training
+
+def _defaults(options: FinetuneOptions, hidden_size: int) -> tuple[float, float, float]:
+    """(lr, layer-wise decay, epochs): the options', else the paper's for a model of this width and task."""
+    lr = options.lr or (3e-4 if hidden_size <= 256 else 1e-4 if hidden_size <= 768 else 5e-5)
+    decay = options.layerwise_lr_decay or (0.8 if hidden_size <= 768 else 0.9)
+    epochs = options.epochs or (2 if options.task == "question-answering" else 3)
+    return lr, decay, epochs
+
+
+def _device(options: FinetuneOptions) -> torch.device:
+    return torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _outputs(model, task: _Task, batch: dict) -> list:
+    """Per example: the logits row (classification), [T, labels] rows (tokens), or (start, end) rows (QA)."""
+    output = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    if task.kind == "question-answering":
+        return list(zip(output.start_logits.float().tolist(), output.end_logits.float().tolist()))
+    return output.logits.float().tolist()
+
+
+def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id: int) -> dict:
+    """Fine-tunes `model` in place on task.train with seed `seed`, then scores it on task.validation."""
+    from tqdm import tqdm
+
+    device = _device(options)
+    bf16 = options.bf16 if options.bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
+    lr, decay, epochs = _defaults(options, model.config.hidden_size)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(layerwise_parameter_groups(model, lr=lr, decay=decay,
+                                                             weight_decay=options.weight_decay),
+                                  betas=(0.9, 0.999), eps=1e-6)
+    per_epoch = math.ceil(len(task.train) / options.batch_size)
+    total = max(1, round(per_epoch * epochs))
+    warmup = max(1, round(total * options.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, warmup=warmup, total=total))
+    order = torch.Generator().manual_seed(seed)
+    batches = []
+    with tqdm(total=total, desc=f"finetune seed {seed}", disable=not options.progress, file=options.log) as bar:
+        for step in range(total):
+            if not batches:
+                permutation = torch.randperm(len(task.train), generator=order).tolist()
+                batches = [permutation[i:i + options.batch_size] for i in range(0, len(permutation),
+                                                                                 options.batch_size)][::-1]
+            batch = data.collate([task.train[i] for i in batches.pop()], pad_id, task.label_keys)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.eval()
+    outputs = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(task.validation), options.batch_size):
+            batch = data.collate(task.validation[i:i + options.batch_size], pad_id, ())
+            outputs.extend(_outputs(model, task, {k: v.to(device) for k, v in batch.items()}))
+    return task.score(outputs)
+
+
+def median_scores(runs: list[dict]) -> dict:
+    """The per-metric median over runs (the paper reports medians of several seeds)."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "seed"}
+
+
+def finetune(options: FinetuneOptions) -> dict:
+    """Fine-tunes options.model on options.task for options.seeds seeds and scores each on the validation file.
+
+    Returns {"task", "model", "from_scratch", "runs": [{"seed", metric: value, ...}], "median": {...},
+    "median_seed", "notices"}. With options.out, writes `out/metrics.json` (the same) and `out/model/`: the
+    run whose primary metric is the median (the lower middle one for an even count) in Hugging Face format
+    with its tokenizer. The folder appears complete or not at all. Raises FinetuneDataError for bad input."""
+    from ..checkpoint import write_folder
+
+    if options.seeds < 1 or options.batch_size < 1:
+        raise FinetuneDataError("--seeds and --batch-size must be at least 1")
+    tokenizer = load_tokenizer(options.model)
+    with _quiet_transformers(_transformers()):   # not its warning for each text longer than the model
+        task = prepare(options, tokenizer, load_config(options.model).max_position_embeddings)
+    for notice in task.notices:
+        print(notice, file=options.log)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def run_all(folder: str | None) -> dict:
+        runs = []
+        for seed in range(options.seed, options.seed + options.seeds):
+            torch.manual_seed(seed)
+            model = load_model(options.model, options.task, from_scratch=options.from_scratch,
+                               **task.config_changes)
+            runs.append({"seed": seed, **train_one(model, task, options, seed=seed, pad_id=pad_id)})
+            print(f"seed {seed}: " + " ".join(f"{k} {v:.4f}" for k, v in runs[-1].items()
+                                              if k != "seed" and isinstance(v, float)), file=options.log)
+            if folder:
+                saved = os.path.join(folder, f"seed-{seed}")
+                with _quiet_transformers(_transformers()):
+                    model.save_pretrained(saved)
+                    tokenizer.save_pretrained(saved)
+        primary = _PRIMARY[task.kind]
+        ranked = sorted(runs, key=lambda run: run[primary])
+        median_seed = ranked[(len(ranked) - 1) // 2]["seed"]
+        results = {"task": task.kind, "model": options.model, "from_scratch": options.from_scratch,
+                   "options": {f.name: getattr(options, f.name) for f in fields(options) if f.name != "log"},
+                   "runs": runs, "median": median_scores(runs), "median_seed": median_seed,
+                   "notices": task.notices}
+        if folder:
+            os.replace(os.path.join(folder, f"seed-{median_seed}"), os.path.join(folder, "model"))
+            for run in runs:
+                if run["seed"] != median_seed:
+                    shutil.rmtree(os.path.join(folder, f"seed-{run['seed']}"))
+            with open(os.path.join(folder, "metrics.json"), "w") as f:
+                json.dump(results, f, indent=2)
+        return results
+
+    if not options.out:
+        return run_all(None)
+    box = {}
+    write_folder(options.out, lambda folder: box.update(results=run_all(folder)))
+    return box["results"]
