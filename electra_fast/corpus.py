@@ -183,7 +183,8 @@ class CorpusReader:
             mode = "row" if source.kind == "jsonl" else self.document_per
             lines = _pieces(stream, source.path, mode)
             counted = 0
-            for text, starts, line in _decoded(lines, source.path, self.skip_bad_lines, counter, per_line=mode != "file"):
+            decoded = _decoded(lines, source.path, self.skip_bad_lines, counter, per_line=mode != "file")
+            for text, starts, line in decoded:
                 self.bytes_read = progress(raw.tell())
                 if source.kind == "jsonl":
                     if not text.strip():

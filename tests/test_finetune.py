@@ -4,10 +4,11 @@ import io
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
-from electra_fast import ElectraPretrainer, data as pretraining_data
+from electra_fast import ElectraPretrainer, data as pretraining_data, prepare
 from electra_fast.cli import main as cli_main
 from electra_fast.finetune import FinetuneDataError, FinetuneOptions, data, finetune, train
 
@@ -42,7 +43,13 @@ def pretrained(tmp_path_factory, one_thread):
         pad_token_id=specials["[PAD]"], special_token_ids=(specials["[CLS]"], specials["[SEP]"]), num_layers=1,
         hidden_size=32, num_heads=2, intermediate_size=64, embedding_size=32, max_position_embeddings=64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    sequences = pretraining_data.pack(documents, tokenizer, 16)
+    root = tmp_path_factory.mktemp("pretraining-data")
+    (root / "corpus.txt").write_text("\n".join(documents))
+    pretraining_data.save_tokenizer(tokenizer, str(root / "tokenizer"))
+    prepare.prepare([str(root / "corpus.txt")], str(root / "data"), tokenizer_dir=str(root / "tokenizer"), workers=1,
+                    progress=False)
+    windows = pretraining_data.TokenData(str(root / "data")).windows(16)
+    sequences = windows.sequences(np.arange(windows.count))
     for _ in range(60):
         model(sequences[torch.randint(0, len(sequences), (16,))]).loss.backward()
         optimizer.step()
