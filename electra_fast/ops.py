@@ -53,9 +53,12 @@ def _check_binary(name: str, values: Optional[Tensor]) -> None:
         raise ValueError(f"{name} must be bool or hold only 0 and 1")
 
 
-def _check_positions(positions: Tensor, numel: int) -> None:
+def _check_positions(positions: Tensor, valid: Optional[Tensor], numel: int) -> None:
+    """Positions of the valid slots (all when valid is None) in [0, numel) and strictly ascending."""
     if not settings.value_checks() or positions.numel() == 0:
         return
+    if valid is not None:
+        positions = positions[valid]
     if bool(((positions < 0) | (positions >= numel)).any()):
         raise ValueError(f"positions must be flat indices in [0, {numel}) of input_ids")
     if positions.numel() > 1 and bool((positions[1:] <= positions[:-1]).any()):
@@ -227,17 +230,20 @@ sample_logits.register_autograd(_logits_backward, setup_context=_logits_setup_co
 
 
 @library.custom_op("electra_fast::replace_", mutates_args=("input_ids",))
-def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor, backend: str) -> Tensor:
-    """Writes sampled into input_ids at flat positions, in place; returns is_replaced [B, T] bool. Nothing is
-    written unless every value is valid."""
-    _check_positions(positions, input_ids.numel())
-    if settings.value_checks() and sampled.numel() and bool((sampled < 0).any()):
-        raise ValueError("sampled must hold ids >= 0")
-    return _backend(backend, input_ids.device).replace(input_ids, positions, sampled)
+def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor, valid: Optional[Tensor],
+             backend: str) -> Tensor:
+    """Writes sampled into input_ids at flat positions (those whose `valid` is True, all when it is None), in
+    place; returns is_replaced [B, T] bool. Nothing is written unless every value is valid."""
+    _check_positions(positions, valid, input_ids.numel())
+    if settings.value_checks() and sampled.numel():
+        written = sampled if valid is None else sampled[valid]
+        if bool((written < 0).any()):
+            raise ValueError("sampled must hold ids >= 0")
+    return _backend(backend, input_ids.device).replace(input_ids, positions, sampled, valid)
 
 
 @replace_.register_fake
-def _(input_ids, positions, sampled, backend):
+def _(input_ids, positions, sampled, valid, backend):
     return torch.empty_like(input_ids, dtype=torch.bool)
 
 
