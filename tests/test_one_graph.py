@@ -1,0 +1,68 @@
+"""The whole ELECTRA step as one graph: torch.compile(fullgraph=True) of the pretrainer's forward, whose
+backward AOTAutograd compiles with it, for the built-in models and Hugging Face's ELECTRA classes.
+
+The compiled steps run on the "aot_eager" backend: graph capture (what a data-dependent shape or a host sync
+breaks) is the same for every backend, and Inductor's C++ code generation of a whole step takes about a minute on
+two cores; the benchmark compiles with Inductor."""
+import contextlib
+import copy
+
+import pytest
+import torch
+
+import electra_fast
+from test_pretrainer import _batch, _builtin, _hugging_face
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    electra_fast.set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        electra_fast.set_value_checks(True)
+
+
+@pytest.mark.parametrize("make", [_builtin, _hugging_face])
+def test_step_is_one_graph(make):
+    torch._dynamo.reset()
+    model = make()
+    with value_checks(False):
+        explained = torch._dynamo.explain(model)(*_batch())
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def _train(step, model, steps=2):
+    """Losses, metrics and gradients of `steps` AdamW steps of `step` (model's forward, eager or compiled)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids, mask = _batch()
+    results = []
+    for i in range(steps):
+        torch.manual_seed(10 + i)
+        out = step(ids, mask)
+        opt.zero_grad()
+        out.loss.backward()
+        results.append((torch.stack(list(out)).detach(), [p.grad.clone() for p in model.parameters()
+                                                          if p.grad is not None]))
+        opt.step()
+    return results, [p.detach().clone() for p in model.parameters()]
+
+
+# Value checks off is the CUDA-graph configuration; on, the checks run inside the ops, which the graph calls.
+@pytest.mark.parametrize("make, objective, checks", [(_builtin, "mle", True), (_builtin, "adversarial", False),
+                                                     (_hugging_face, "mle", False),
+                                                     (_hugging_face, "adversarial", True)])
+def test_compiled_steps_equal_eager(make, objective, checks):
+    torch._dynamo.reset()
+    eager = make(generator_objective=objective)
+    compiled = copy.deepcopy(eager)
+    with value_checks(checks):
+        want, want_params = _train(eager, eager)
+        got, got_params = _train(torch.compile(compiled, fullgraph=True, backend="aot_eager"), compiled)
+    for (want_out, want_grads), (got_out, got_grads) in zip(want, got):
+        assert torch.allclose(got_out, want_out, rtol=1e-5, atol=1e-6)
+        assert len(got_grads) == len(want_grads)
+        for g, w in zip(got_grads, want_grads):
+            assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
+    for g, w in zip(got_params, want_params):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(compiled.reward_baseline, eager.reward_baseline)
