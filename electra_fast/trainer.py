@@ -3,8 +3,8 @@
 Data (electra_fast.data): files, folders or globs, by default the help topics that ship with Python; a WordPiece
 tokenizer trained on the corpus (or `--tokenizer DIR`); sequences packed to `--seq-len`, visited once per epoch
 in a seeded order, each rank its own shard. Training: AdamW (no weight decay on LayerNorm and biases), linear
-warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, compiled
-encoders. Each step re-seeds torch from (base seed, step, data-parallel rank) (SPEC §2 Seeds): ranks never share
+warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, the whole step
+compiled as one graph (and on CUDA captured as CUDA graphs). Each step re-seeds torch from (base seed, step, data-parallel rank) (SPEC §2 Seeds): ranks never share
 noise, and a resumed run draws what the uninterrupted one drew. Checkpoints (electra_fast.checkpoint) are
 safetensors + a weights-only state file behind an atomic `latest` pointer. Output folder:
 
@@ -29,6 +29,7 @@ import time
 
 import torch
 
+import electra_fast
 from . import checkpoint, data
 from .checkpoint import CheckpointError
 from .data import DataError
@@ -72,7 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="default: cuda:(LOCAL_RANK mod GPUs) if a GPU is present, else cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for a GPU that supports it)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the whole step (forward and backward) as one graph")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the whole step (forward and backward) as CUDA graphs and replay it (CUDA only; "
+                        "turns the value checks off)")
 
 
 def step_seed(base: int, step: int, rank: int) -> int:
@@ -153,6 +158,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         raise CheckpointError(f"--out {args.out} already holds a checkpoint ({previous}); pass --resume to "
                               "continue it, or choose another --out")
     device, rank = dist.device, dist.rank
+    if args.cuda_graphs and device.type != "cuda":
+        raise DataError(f"--cuda-graphs needs a CUDA device, got {device}")
     bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     documents = data.read_documents(args.corpus, document_per=args.documents)
@@ -189,10 +196,10 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         start, consumed = state["step"], state["sequences_consumed"]
     elif args.resume and rank == 0:
         print(f"--resume: no checkpoint in {args.out}; starting from step 0", file=sys.stderr)
-    if args.compile:
-        model.compile_encoders()
-    wrapped = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None) if dist.world > 1 else model)
+    step_model = _step_model(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    wrapped = (torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index]
+                                                         if device.type == "cuda" else None)
+               if dist.world > 1 else step_model)
     stream = data.batches(sequences, batch_size=args.batch_size, seed=args.seed, rank=rank, world_size=dist.world,
                           start=consumed)
     log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start) if rank == 0 else None
@@ -240,6 +247,17 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + f" | {tokens_per_s:.0f} tokens/s | discriminator: {export}")
     return 0
+
+
+def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
+    """What each micro-batch calls: the pretrainer itself, or its whole step (the forward, and the backward
+    AOTAutograd derives from it) compiled as one graph; with cuda_graphs also captured as CUDA graphs and
+    replayed (torch.compile's "reduce-overhead"), with the value checks off: each would be a host sync inside the
+    captured step."""
+    if cuda_graphs:
+        electra_fast.set_value_checks(False)
+        return torch.compile(model, fullgraph=True, mode="reduce-overhead")
+    return torch.compile(model, fullgraph=True) if compile else model
 
 
 def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,

@@ -251,6 +251,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, 
     (["--corpus", "{empty}"], "the corpus is empty"),
     (["--tokenizer", "{garbage}"], "--tokenizer: cannot read the tokenizer"),
     (["--seq-len", "600"], "--seq-len 600 exceeds the model's 512 positions"),
+    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device, got cpu"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(trained, corpus, tmp_path, capsys, bad, message):
     (tmp_path / "empty.txt").write_text("\n  \n")
