@@ -90,11 +90,12 @@ def _ignore_index(ignore_index) -> int:
     return ignore_index
 
 
-def resolve_seed(seed) -> Tensor:
+def resolve_seed(seed, device: Optional[torch.device] = None) -> Tensor:
     """SPEC §2 "Seeds": an int in [0, 2^63), a 0-dim int64 tensor, or None (one draw from torch's default
-    generator, kept as a tensor so that no host sync happens and torch.compile can trace it)."""
+    generator, kept as a tensor so that no host sync happens and torch.compile can trace it; on `device` when
+    given, e.g. a CUDA seed that a captured CUDA graph draws anew on each replay)."""
     if seed is None:
-        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64)
+        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
     if isinstance(seed, Tensor):
         if seed.dtype != torch.int64 or seed.dim() != 0:
             raise ValueError(f"seed tensor must be 0-dim int64, got {seed.dtype} with shape {tuple(seed.shape)}")

@@ -37,6 +37,13 @@ def _probability(name: str, value: float) -> float:
     return float(value)
 
 
+def check_max_predictions(max_predictions: Optional[int]) -> None:
+    """None (the default P) or an int >= 1, else a ValueError."""
+    if max_predictions is not None and (isinstance(max_predictions, bool) or not isinstance(max_predictions, int)
+                                        or max_predictions < 1):
+        raise ValueError(f"max_predictions must be None or an int >= 1, got {max_predictions!r}")
+
+
 def default_max_predictions(seq_len: int, mask_prob: float) -> int:
     """ceil(mask_prob * seq_len), at least 1: never fewer slots than a row of seq_len eligible tokens masks
     (round_half_even(x) <= ceil(x)). The 1e-9 keeps float error (0.15 * 20 = 3.0000000000000004) from adding a
@@ -68,11 +75,10 @@ def mask_token_slots(input_ids: Tensor, attention_mask: Optional[Tensor] = None,
         raise ValueError("mask_replace_prob + random_token_prob must be at most 1")
     if random_token_prob > 0 and (vocab_size is None or vocab_size < 1):
         raise ValueError("random_token_prob > 0 needs vocab_size >= 1")
+    check_max_predictions(max_predictions)
     batch, seq_len = input_ids.shape
     if max_predictions is None:
         max_predictions = default_max_predictions(seq_len, mask_prob)
-    if isinstance(max_predictions, bool) or not isinstance(max_predictions, int) or max_predictions < 1:
-        raise ValueError(f"max_predictions must be an int >= 1, got {max_predictions!r}")
     device = input_ids.device
 
     eligible = torch.ones_like(input_ids, dtype=torch.bool)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import api
-from .masking import IGNORE_INDEX, mask_token_slots
+from .masking import IGNORE_INDEX, check_max_predictions, mask_token_slots
 from .models import Discriminator, Generator, preset_configs, save_hugging_face_discriminator
 
 OBJECTIVES = ("mle", "adversarial")
@@ -128,9 +128,7 @@ class ElectraPretrainer(nn.Module):
         super().__init__()
         if generator_objective not in OBJECTIVES:
             raise ValueError(f"generator_objective must be one of {OBJECTIVES}, got {generator_objective!r}")
-        if max_predictions is not None and (isinstance(max_predictions, bool) or not isinstance(max_predictions, int)
-                                            or max_predictions < 1):
-            raise ValueError(f"max_predictions must be None or an int >= 1, got {max_predictions!r}")
+        check_max_predictions(max_predictions)
         self.generator, self.discriminator = generator, discriminator
         self._models = _adapter(generator, discriminator)
         if tie_embeddings:
@@ -185,7 +183,7 @@ class ElectraPretrainer(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.generator_objective == "mle"):
             mlm_loss, sampled, predicted = api.generator_loss_and_sample(
                 rows, weight, bias, targets, temperature=self.temperature, disallow_correct=self.disallow_correct,
-                seed=_seed_on(input_ids.device), ignore_index=IGNORE_INDEX)
+                seed=api.resolve_seed(None, input_ids.device), ignore_index=IGNORE_INDEX)
 
         noised = input_ids.clone()
         is_replaced = api.replace_(noised, positions, sampled, valid)
@@ -220,13 +218,6 @@ class ElectraPretrainer(nn.Module):
                 mean_reward = torch.where(valid, reward, 0.0).sum() / n_valid
                 self.reward_baseline.lerp_(mean_reward, (1 - self.baseline_momentum) * valid.any())
         return (advantage * neg_log_p).sum() / n_valid
-
-
-def _seed_on(device: torch.device) -> torch.Tensor:
-    """The step's sampling seed, drawn as api.resolve_seed(None) draws it but on `device` (the CPU draw is the
-    same): on CUDA the head reads it from device memory, so that no host copy happens and a captured CUDA graph
-    draws anew on each replay."""
-    return torch.randint(0, api.SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
 
 
 _PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "disallow_correct", "tie_embeddings",
