@@ -97,3 +97,35 @@ def test_step_reads_no_tensor_values_on_the_host(objective):
     with value_checks(False), reads:
         model(ids, mask).loss.backward()
     assert reads.found == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_equals_eager_and_makes_no_host_sync(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)  # eager's random streams inside the graph
+    torch._dynamo.reset()
+    eager = _builtin().cuda()
+    graphed = copy.deepcopy(eager)
+    replay = torch.compile(graphed, fullgraph=True, mode="reduce-overhead")
+    ids, mask = (t.cuda() for t in _batch())
+    results = []
+    with value_checks(False):
+        for model, step in ((eager, eager), (graphed, replay)):
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            outputs = []
+            for i in range(5):
+                torch.manual_seed(10 + i)
+                # Steps 0 and 1 warm up and capture; the replays after them must not wait for the GPU.
+                torch.cuda.set_sync_debug_mode("error" if step is replay and i >= 2 else "default")
+                try:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    out = step(ids, mask)
+                    opt.zero_grad()
+                    out.loss.backward()
+                    opt.step()
+                    outputs.append(torch.stack(list(out)).detach().clone())
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            results.append(torch.stack(outputs))
+    assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5)
