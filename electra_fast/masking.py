@@ -122,13 +122,10 @@ def mask_tokens(input_ids: Tensor, attention_mask: Optional[Tensor] = None, *, m
                 generator: Optional[torch.Generator] = None) -> MaskedInputs:
     """The variable-length form (SPEC §2): max(1, round_half_even(eligible * mask_prob)) positions per row,
     uniformly without duplicates, among tokens that are neither padding nor special (0 in a row with none
-    eligible), as flat positions [N], strictly ascending, and their targets [N]. The selection and the split of
-    `mask_token_slots` with one slot per token, so no row's count is cut; the flattening syncs with the host
-    (N depends on the data). input_ids [B, T] int64; attention_mask [B, T] bool/0-1 or None."""
-    if not isinstance(input_ids, Tensor) or input_ids.dtype != torch.int64 or input_ids.dim() != 2:
-        raise TypeError("input_ids must be a 2-D int64 tensor")
+    eligible), as flat positions [N], strictly ascending, and their targets [N]. The valid slots of
+    `mask_token_slots` with its default slot count, which cuts no row; the flattening syncs with the host (N
+    depends on the data). input_ids [B, T] int64; attention_mask [B, T] bool/0-1 or None."""
     slots = mask_token_slots(input_ids, attention_mask, mask_token_id=mask_token_id, mask_prob=mask_prob,
-                             max_predictions=max(1, input_ids.shape[1]), special_token_ids=special_token_ids,
-                             mask_replace_prob=mask_replace_prob, random_token_prob=random_token_prob,
-                             vocab_size=vocab_size, generator=generator)
+                             special_token_ids=special_token_ids, mask_replace_prob=mask_replace_prob,
+                             random_token_prob=random_token_prob, vocab_size=vocab_size, generator=generator)
     return MaskedInputs(slots.masked_ids, slots.positions[slots.valid], slots.targets[slots.valid])

@@ -4,8 +4,9 @@ Data (electra_fast.data): files, folders or globs, by default the help topics th
 tokenizer trained on the corpus (or `--tokenizer DIR`); sequences packed to `--seq-len`, visited once per epoch
 in a seeded order, each rank its own shard. Training: AdamW (no weight decay on LayerNorm and biases), linear
 warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, the whole step
-compiled as one graph (and on CUDA captured as CUDA graphs). Each step re-seeds torch from (base seed, step, data-parallel rank) (SPEC §2 Seeds): ranks never share
-noise, and a resumed run draws what the uninterrupted one drew. Checkpoints (electra_fast.checkpoint) are
+compiled as one graph (on CUDA also captured as CUDA graphs). Each step re-seeds torch from (base seed, step,
+data-parallel rank) (SPEC §2 Seeds): ranks never share noise, and a resumed run draws what the uninterrupted one
+drew. Checkpoints (electra_fast.checkpoint) are
 safetensors + a weights-only state file behind an atomic `latest` pointer. Output folder:
 
     OUT/tokenizer/            the tokenizer (tokenizer.json, vocab.txt)
@@ -29,12 +30,12 @@ import time
 
 import torch
 
-import electra_fast
 from . import checkpoint, data
 from .checkpoint import CheckpointError
 from .data import DataError
 from .models import PRESETS
 from .pretrainer import ElectraPretrainer
+from .settings import set_value_checks
 
 # The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
 DEFAULT_LAYERS = 2
@@ -255,7 +256,7 @@ def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -
     replayed (torch.compile's "reduce-overhead"), with the value checks off: each would be a host sync inside the
     captured step."""
     if cuda_graphs:
-        electra_fast.set_value_checks(False)
+        set_value_checks(False)
         return torch.compile(model, fullgraph=True, mode="reduce-overhead")
     return torch.compile(model, fullgraph=True) if compile else model
 

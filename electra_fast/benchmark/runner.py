@@ -12,7 +12,8 @@ from .config import Config
 from .heads import head_floor, head_variants, op_variants
 from .measure import peak_memory_mb, probe_memory, time_variants
 from .report import Row, add_ratios, environment
-from .steps import first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants, step_variants
+from .steps import (first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants,
+                    step_variants)
 
 MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step", "one-graph step")  # the other ops' tensors are a few KB
 
