@@ -69,6 +69,35 @@ def test_compiled_steps_equal_eager(make, objective, checks):
     assert torch.allclose(compiled.reward_baseline, eager.reward_baseline)
 
 
+@pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
+                    reason="this torch's Dynamo cannot trace Tensor.backward()")
+def test_step_with_its_backward_call_is_one_graph():
+    # The step as a user writes it, loss.backward() inside: one graph where Dynamo traces autograd calls.
+    eager = _builtin()
+    compiled = copy.deepcopy(eager)
+    ids, mask = _batch()
+
+    def step_of(model):
+        def step(ids, mask):
+            out = model(ids, mask)
+            out.loss.backward()
+            return out.loss.detach()
+        return step
+
+    torch._dynamo.reset()
+    with value_checks(False), torch._dynamo.config.patch(trace_autograd_ops=True):
+        explained = torch._dynamo.explain(step_of(copy.deepcopy(eager)))(ids, mask)
+        torch.manual_seed(3)
+        got = torch.compile(step_of(compiled), fullgraph=True, backend="aot_eager")(ids, mask)
+        torch.manual_seed(3)
+        want = step_of(eager)(ids, mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(compiled.parameters(), eager.parameters()):
+        assert (g.grad is None) == (w.grad is None)
+        assert g.grad is None or torch.allclose(g.grad, w.grad, rtol=1e-4, atol=1e-6)
+
+
 class _HostReads(TorchDispatchMode):
     """Records the aten ops, outside the electra_fast custom ops (whose bodies run with the mode off), that read a
     tensor's values on the host: on CUDA, each a sync and a CUDA-graph capture error."""
