@@ -1,5 +1,6 @@
 """The whole ELECTRA step as one graph: torch.compile(fullgraph=True) of the pretrainer's forward, whose
-backward AOTAutograd compiles with it, for the built-in models and Hugging Face's ELECTRA classes.
+backward AOTAutograd compiles with it, for the built-in models and Hugging Face's ELECTRA classes; no read of a
+tensor's value on the host with value checks off; on CUDA, the step replayed as CUDA graphs.
 
 The compiled steps run on the "aot_eager" backend: graph capture (what a data-dependent shape or a host sync
 breaks) is the same for every backend, and Inductor's C++ code generation of a whole step takes about a minute on
@@ -14,8 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import electra_fast
 from test_pretrainer import _batch, _builtin, _hugging_face
 
+
 @contextlib.contextmanager
 def value_checks(enabled: bool):
+    """The ops' value checks on or off inside the block, on again after it (the default)."""
     electra_fast.set_value_checks(enabled)
     try:
         yield
