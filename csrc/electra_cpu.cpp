@@ -261,13 +261,16 @@ void head_backward_tile(uintptr_t logits_p, int64_t rows, int64_t width, int64_t
 
 // ---------------------------------------------------------------------------------------------------------
 // REPLACE: ids[p] = sampled[i] at p = positions[i] (a flat index of a [B, T] tensor with strides s0, s1),
-// is_replaced[p] = (new id != old id). The caller has checked every value first.
+// is_replaced[p] = (new id != old id). Slots whose valid flag is false are skipped unread (valid_p 0: none
+// skipped). The caller has checked every value of the others first.
 void replace_ids(uintptr_t ids_p, int64_t seq_len, int64_t stride0, int64_t stride1, uintptr_t positions_p,
-                 uintptr_t sampled_p, int64_t n, uintptr_t is_replaced_p) {
+                 uintptr_t sampled_p, uintptr_t valid_p, int64_t n, uintptr_t is_replaced_p) {
   int64_t* ids = ptr<int64_t>(ids_p);
   const int64_t *positions = ptr<int64_t>(positions_p), *sampled = ptr<int64_t>(sampled_p);
+  const bool* valid = ptr<bool>(valid_p);
   bool* is_replaced = ptr<bool>(is_replaced_p);
   for (int64_t i = 0; i < n; ++i) {
+    if (valid != nullptr && !valid[i]) continue;
     const int64_t p = positions[i];
     int64_t& slot = ids[(p / seq_len) * stride0 + (p % seq_len) * stride1];
     is_replaced[p] = sampled[i] != slot;

@@ -3,7 +3,7 @@ replaced-token-detection loss), as one PyTorch API and as torch.ops.electra_fast
 import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 
 from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
-from .masking import MaskedInputs, mask_tokens
+from .masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
 from .settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
 from .pretrainer import ElectraOutput, ElectraPretrainer
 from . import models  # noqa: E402
@@ -14,8 +14,10 @@ __all__ = [
     "ElectraOutput",
     "ElectraPretrainer",
     "MaskedInputs",
+    "MaskedSlots",
     "generator_loss_and_sample",
     "get_backend",
+    "mask_token_slots",
     "mask_tokens",
     "models",
     "replace_",

@@ -90,11 +90,12 @@ def _ignore_index(ignore_index) -> int:
     return ignore_index
 
 
-def resolve_seed(seed) -> Tensor:
+def resolve_seed(seed, device: Optional[torch.device] = None) -> Tensor:
     """SPEC §2 "Seeds": an int in [0, 2^63), a 0-dim int64 tensor, or None (one draw from torch's default
-    generator, kept as a tensor so that no host sync happens and torch.compile can trace it)."""
+    generator, kept as a tensor so that no host sync happens and torch.compile can trace it; on `device` when
+    given, e.g. a CUDA seed that a captured CUDA graph draws anew on each replay)."""
     if seed is None:
-        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64)
+        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
     if isinstance(seed, Tensor):
         if seed.dtype != torch.int64 or seed.dim() != 0:
             raise ValueError(f"seed tensor must be 0-dim int64, got {seed.dtype} with shape {tuple(seed.shape)}")
@@ -171,18 +172,27 @@ def sample_logits(logits: Tensor, targets: Optional[Tensor] = None, *, temperatu
     return (loss if targets is not None else None), sampled, predicted
 
 
-def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor) -> Tensor:
+def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor, valid: Optional[Tensor] = None) -> Tensor:
     """Writes `sampled` [N] into `input_ids` [B, T] (the original ids) in place at flat `positions` [N]
     (strictly ascending indices into input_ids.view(-1)); returns is_replaced [B, T] bool, True only where the
-    id changed. Nothing is written unless every argument is valid."""
+    id changed. `valid` [N] bool, when given, marks the slots to write: the others (the unused slots of
+    `mask_token_slots`, flattened) are skipped whatever their position and sample, and the valid ones must be
+    strictly ascending. Nothing is written unless every argument is valid."""
     _ids("input_ids", input_ids, 2)
     _ids("positions", positions, 1)
     _ids("sampled", sampled, 1)
     if sampled.shape != positions.shape:
         raise ValueError(f"sampled must have the shape of positions {tuple(positions.shape)}, "
                          f"got {tuple(sampled.shape)}")
-    backend = _same_device(input_ids=input_ids, positions=positions, sampled=sampled)
-    return torch.ops.electra_fast.replace_(input_ids, positions, sampled, backend)
+    if valid is not None:
+        _tensor("valid", valid)
+        if valid.dtype != torch.bool:
+            raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
+        if valid.shape != positions.shape:
+            raise ValueError(f"valid must have the shape of positions {tuple(positions.shape)}, "
+                             f"got {tuple(valid.shape)}")
+    backend = _same_device(input_ids=input_ids, positions=positions, sampled=sampled, valid=valid)
+    return torch.ops.electra_fast.replace_(input_ids, positions, sampled, valid, backend)
 
 
 def rtd_loss(logits: Tensor, is_replaced: Tensor, attention_mask: Optional[Tensor] = None, *,

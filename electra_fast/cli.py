@@ -82,9 +82,10 @@ def main(argv=None) -> int:
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--parts", nargs="+", default=["head", "ops", "step"],
-                   choices=["head", "ops", "step", "recommended"],
+                   choices=["head", "ops", "step", "recommended", "graph"],
                    help="tables to run; 'recommended' (Hugging Face eager-full against the fused step with compiled "
-                        "encoders and bf16) takes several more minutes")
+                        "encoders and bf16) and 'graph' (the whole step as one compiled graph and, on CUDA, as "
+                        "CUDA graphs, with first-call compile times) take several more minutes")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--plot", metavar="PATH", help="PNG bar chart (needs matplotlib)")

@@ -136,8 +136,9 @@ def shipped_launches() -> list[Launch]:
         for b, t in ((128, 128), (7, 31)):
             ids = torch.empty(b, t, dtype=torch.int64, device=meta)
             n = b * t // 7
-            replace.replace(ids, torch.empty(n, dtype=torch.int64, device=meta),
-                            torch.empty(n, dtype=torch.int64, device=meta))
+            for valid in (None, torch.empty(n, dtype=torch.bool, device=meta)):
+                replace.replace(ids, torch.empty(n, dtype=torch.int64, device=meta),
+                                torch.empty(n, dtype=torch.int64, device=meta), valid)
     return list({launch.key(): launch for launch in launches}.values())
 
 

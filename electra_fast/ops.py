@@ -53,13 +53,24 @@ def _check_binary(name: str, values: Optional[Tensor]) -> None:
         raise ValueError(f"{name} must be bool or hold only 0 and 1")
 
 
-def _check_positions(positions: Tensor, numel: int) -> None:
+def _check_replace(positions: Tensor, sampled: Tensor, valid: Optional[Tensor], numel: int) -> None:
+    """The slots replace_ writes (those whose `valid` is True, all when it is None): positions in [0, numel) and
+    strictly ascending, samples >= 0. One host sync for all three (no boolean indexing, which is another)."""
     if not settings.value_checks() or positions.numel() == 0:
         return
-    if bool(((positions < 0) | (positions >= numel)).any()):
+    written = torch.ones_like(positions, dtype=torch.bool) if valid is None else valid
+    out_of_range = written & ((positions < 0) | (positions >= numel))
+    # Each written position above the largest written one before it.
+    largest_before = torch.where(written, positions, -1).cummax(0).values
+    not_ascending = written[1:] & (positions[1:] <= largest_before[:-1])
+    negative = written & (sampled < 0)
+    bad_range, bad_order, bad_sample = torch.stack([out_of_range.any(), not_ascending.any(), negative.any()]).tolist()
+    if bad_range:
         raise ValueError(f"positions must be flat indices in [0, {numel}) of input_ids")
-    if positions.numel() > 1 and bool((positions[1:] <= positions[:-1]).any()):
+    if bad_order:
         raise ValueError("positions must be strictly ascending")
+    if bad_sample:
+        raise ValueError("sampled must hold ids >= 0")
 
 
 def _loss_shape(n: int, reduction: str):
@@ -227,17 +238,16 @@ sample_logits.register_autograd(_logits_backward, setup_context=_logits_setup_co
 
 
 @library.custom_op("electra_fast::replace_", mutates_args=("input_ids",))
-def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor, backend: str) -> Tensor:
-    """Writes sampled into input_ids at flat positions, in place; returns is_replaced [B, T] bool. Nothing is
-    written unless every value is valid."""
-    _check_positions(positions, input_ids.numel())
-    if settings.value_checks() and sampled.numel() and bool((sampled < 0).any()):
-        raise ValueError("sampled must hold ids >= 0")
-    return _backend(backend, input_ids.device).replace(input_ids, positions, sampled)
+def replace_(input_ids: Tensor, positions: Tensor, sampled: Tensor, valid: Optional[Tensor],
+             backend: str) -> Tensor:
+    """Writes sampled into input_ids at flat positions (those whose `valid` is True, all when it is None), in
+    place; returns is_replaced [B, T] bool. Nothing is written unless every value is valid."""
+    _check_replace(positions, sampled, valid, input_ids.numel())
+    return _backend(backend, input_ids.device).replace(input_ids, positions, sampled, valid)
 
 
 @replace_.register_fake
-def _(input_ids, positions, sampled, backend):
+def _(input_ids, positions, sampled, valid, backend):
     return torch.empty_like(input_ids, dtype=torch.bool)
 
 

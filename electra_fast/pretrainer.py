@@ -1,9 +1,11 @@
 """`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2).
 
-mask_tokens -> generator up to its head's hidden states -> the masked rows -> fused head (MLM loss, sample,
-argmax) -> REPLACE into a copy of the original ids -> discriminator -> RTD loss. No gradient flows through the
-sample. Works with the built-in models (electra_fast.models) and Hugging Face's ElectraForMaskedLM /
-ElectraForPreTraining.
+mask_token_slots -> generator up to its head's hidden states -> the B·P masked slots -> fused head (MLM loss,
+sample, argmax; unused slots ignored) -> REPLACE of the valid slots into a copy of the original ids ->
+discriminator -> RTD loss. No gradient flows through the sample. Every shape is static and, with value checks
+off, nothing reads a tensor's values on the host: the step is one graph under torch.compile(fullgraph=True)
+and can be captured as a CUDA graph. Works with the built-in models (electra_fast.models) and Hugging Face's
+ElectraForMaskedLM / ElectraForPreTraining.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from . import api
-from .masking import mask_tokens
+from .masking import IGNORE_INDEX, check_max_predictions, mask_token_slots
 from .models import Discriminator, Generator, preset_configs, save_hugging_face_discriminator
 
 OBJECTIVES = ("mle", "adversarial")
@@ -110,7 +112,10 @@ class ElectraPretrainer(nn.Module):
 
     input_ids [B, T] int64 are never modified. attention_mask [B, T] (1 = token) defaults to
     input_ids != pad_token_id. Each step draws its sampling seed from torch's default generator, so
-    torch.manual_seed makes a step repeatable. generator_objective="adversarial" trains the generator by
+    torch.manual_seed makes a step repeatable (the seed is drawn on the ids' device, so that a CUDA graph
+    replays a fresh draw). Each row masks into `max_predictions` slots (default ceil(mask_prob * T) of the
+    batch's T, which never cuts a row's count; Google's max_predictions_per_seq), so the step's shapes do not
+    depend on the data. generator_objective="adversarial" trains the generator by
     REINFORCE with the discriminator's probability that the sampled token is real as the reward, minus a running
     mean baseline, instead of maximum likelihood; mlm_loss is then still reported, without gradient.
     """
@@ -119,10 +124,11 @@ class ElectraPretrainer(nn.Module):
                  special_token_ids: Sequence[int] = (), pad_token_id: int = 0, mask_prob: float = 0.15,
                  gen_weight: float = 1.0, disc_weight: float = 50.0, temperature: float = 1.0,
                  disallow_correct: bool = False, tie_embeddings: bool = True, generator_objective: str = "mle",
-                 baseline_momentum: float = 0.99):
+                 baseline_momentum: float = 0.99, max_predictions: int | None = None):
         super().__init__()
         if generator_objective not in OBJECTIVES:
             raise ValueError(f"generator_objective must be one of {OBJECTIVES}, got {generator_objective!r}")
+        check_max_predictions(max_predictions)
         self.generator, self.discriminator = generator, discriminator
         self._models = _adapter(generator, discriminator)
         if tie_embeddings:
@@ -132,6 +138,7 @@ class ElectraPretrainer(nn.Module):
         self.mask_prob, self.gen_weight, self.disc_weight = mask_prob, gen_weight, disc_weight
         self.temperature, self.disallow_correct = temperature, disallow_correct
         self.generator_objective, self.baseline_momentum = generator_objective, baseline_momentum
+        self.max_predictions = max_predictions
         self.register_buffer("reward_baseline", torch.tensor(0.5))
 
     @classmethod
@@ -163,46 +170,55 @@ class ElectraPretrainer(nn.Module):
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
         attention_mask = attention_mask.long()
-        masked = mask_tokens(input_ids, attention_mask, mask_token_id=self.mask_token_id, mask_prob=self.mask_prob,
-                             special_token_ids=self.special_token_ids + (self.pad_token_id,))
+        masked = mask_token_slots(input_ids, attention_mask, mask_token_id=self.mask_token_id,
+                                  mask_prob=self.mask_prob, max_predictions=self.max_predictions,
+                                  special_token_ids=self.special_token_ids + (self.pad_token_id,))
+        # B·P slots as rows; an unused slot reads token 0 of the batch, and its target IGNORE_INDEX keeps it
+        # out of the loss and its gradient.
+        positions, valid, targets = masked.positions.view(-1), masked.valid.view(-1), masked.targets.view(-1)
         features = self._models.features(masked.masked_ids, attention_mask)
-        rows = features.reshape(-1, features.shape[-1])[masked.positions]
+        rows = features.reshape(-1, features.shape[-1])[positions.clamp_min(0)]
         weight, bias = self._models.output()
         # The adversarial objective reports the MLM loss without its gradient: the head need not compute it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.generator_objective == "mle"):
             mlm_loss, sampled, predicted = api.generator_loss_and_sample(
-                rows, weight, bias, masked.targets, temperature=self.temperature,
-                disallow_correct=self.disallow_correct)
+                rows, weight, bias, targets, temperature=self.temperature, disallow_correct=self.disallow_correct,
+                seed=api.resolve_seed(None, input_ids.device), ignore_index=IGNORE_INDEX)
 
         noised = input_ids.clone()
-        is_replaced = api.replace_(noised, masked.positions, sampled)
+        is_replaced = api.replace_(noised, positions, sampled, valid)
         disc_logits = self._models.logits(noised, attention_mask)
         rtd = api.rtd_loss(disc_logits, is_replaced, attention_mask)
 
         gen_objective = mlm_loss
         if self.generator_objective == "adversarial":
-            gen_objective = self._adversarial_objective(rows, weight, bias, sampled, masked.positions, disc_logits)
+            gen_objective = self._adversarial_objective(rows, weight, bias, sampled, positions, valid, disc_logits)
         loss = self.gen_weight * gen_objective + self.disc_weight * rtd
 
+        # Shares as tensor ops (no host sync): masked means over the valid slots and the attended tokens.
         with torch.no_grad():
             attended = attention_mask.bool()
             n_attended = attended.sum().clamp_min(1)
-            gen_accuracy = (predicted == masked.targets).float().sum() / max(masked.targets.numel(), 1)
+            gen_accuracy = ((predicted == targets) & valid).sum().float() / valid.sum().clamp_min(1)
             disc_correct = ((disc_logits > 0) == is_replaced) & attended
             disc_accuracy = disc_correct.sum().float() / n_attended
             replaced_fraction = (is_replaced & attended).sum().float() / n_attended
         return ElectraOutput(loss, mlm_loss, rtd, gen_accuracy, disc_accuracy, replaced_fraction)
 
-    def _adversarial_objective(self, rows, weight, bias, sampled, positions, disc_logits):
-        """REINFORCE: mean over masked rows of (reward - baseline) * -log p(sampled); reward = P(real)."""
-        neg_log_p, _, _ = api.generator_loss_and_sample(rows, weight, bias, sampled, reduction="none")
+    def _adversarial_objective(self, rows, weight, bias, sampled, positions, valid, disc_logits):
+        """REINFORCE: mean over the valid slots of (reward - baseline) * -log p(sampled); reward = P(real)."""
+        neg_log_p, _, _ = api.generator_loss_and_sample(rows, weight, bias, torch.where(valid, sampled, IGNORE_INDEX),
+                                                        ignore_index=IGNORE_INDEX, reduction="none")
+        n_valid = valid.sum().clamp_min(1)
         with torch.no_grad():
-            reward = torch.sigmoid(-disc_logits.reshape(-1)[positions].float())
-            advantage = reward - self.reward_baseline
-            if self.training and reward.numel():
-                self.reward_baseline.lerp_(reward.mean(), 1 - self.baseline_momentum)
-        return (advantage * neg_log_p).sum() / max(neg_log_p.numel(), 1)
+            reward = torch.sigmoid(-disc_logits.reshape(-1)[positions.clamp_min(0)].float())
+            advantage = torch.where(valid, reward - self.reward_baseline, 0.0)
+            if self.training:
+                # A batch without masked slots leaves the baseline as it was (weight 0), without a host branch.
+                mean_reward = torch.where(valid, reward, 0.0).sum() / n_valid
+                self.reward_baseline.lerp_(mean_reward, (1 - self.baseline_momentum) * valid.any())
+        return (advantage * neg_log_p).sum() / n_valid
 
 
 _PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "disallow_correct", "tie_embeddings",
-                    "generator_objective", "baseline_momentum"}
+                    "generator_objective", "baseline_momentum", "max_predictions"}

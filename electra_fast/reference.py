@@ -177,8 +177,12 @@ def generator_loss_and_sample(hidden, weight, bias, targets, seed, *, temperatur
 # REPLACE and the RTD loss.
 
 
-def replace_(input_ids: torch.Tensor, positions: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
-    """Writes sampled into input_ids [B, T] at flat positions [N]; returns is_replaced [B, T] bool."""
+def replace_(input_ids: torch.Tensor, positions: torch.Tensor, sampled: torch.Tensor,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Writes sampled into input_ids [B, T] at flat positions [N] (only where valid [N] bool is True, when
+    given); returns is_replaced [B, T] bool."""
+    if valid is not None:
+        positions, sampled = positions[valid], sampled[valid]
     flat = input_ids.reshape(-1)
     is_replaced = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
     is_replaced.view(-1)[positions] = flat[positions] != sampled

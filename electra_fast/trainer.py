@@ -4,10 +4,10 @@ Data: token shards that `electra-fast prepare` wrote (`--data`), memory-mapped, 
 OUT/data first (electra_fast.prepare; by default the help topics that ship with Python). Windows of `--seq-len`
 are visited once per epoch in a seeded order, each rank its own share, with a held-out validation split evaluated
 every `--eval-every` steps (electra_fast.data). Training: AdamW (no weight decay on LayerNorm and biases), linear
-warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, compiled
-encoders. Each step re-seeds torch from (base seed, step, data-parallel rank) (SPEC §2 Seeds): ranks never share
-noise, and a resumed run draws what the uninterrupted one drew. Checkpoints (electra_fast.checkpoint) are
-safetensors + a weights-only state file behind an atomic `latest` pointer. Output folder:
+warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, the whole step
+compiled as one graph (on CUDA also captured as CUDA graphs). Each step re-seeds torch from (base seed, step,
+data-parallel rank) (SPEC §2 Seeds): ranks never share noise, and a resumed run draws what the uninterrupted one
+drew. Checkpoints (electra_fast.checkpoint) are safetensors + a weights-only state file behind an atomic `latest` pointer. Output folder:
 
     OUT/data/                 the prepared corpus and its tokenizer (with --corpus)
     OUT/checkpoints/step-N/   checkpoints; OUT/latest names the newest complete one
@@ -38,6 +38,7 @@ from .corpus import CorpusError
 from .data import DataError
 from .models import PRESETS
 from .pretrainer import ElectraPretrainer
+from .settings import set_value_checks
 
 # The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
 DEFAULT_LAYERS = 2
@@ -85,7 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="default: cuda:(LOCAL_RANK mod GPUs) if a GPU is present, else cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for a GPU that supports it)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the encoders")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the whole step (forward and backward) as one graph")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the whole step (forward and backward) as CUDA graphs and replay it (CUDA only; "
+                        "turns the value checks off)")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -201,6 +206,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                               "continue it, or choose another --out")
     saved = checkpoint.read_manifest(previous)["config"] if previous else None
     device, rank = dist.device, dist.rank
+    if args.cuda_graphs and device.type != "cuda":
+        raise DataError(f"--cuda-graphs needs a CUDA device, got {device}")
     bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     tokens = _token_data(args, dist)
@@ -265,10 +272,10 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                       f"now decays to 0 at step {args.steps}", file=sys.stderr)
     elif args.resume and rank == 0:
         print(f"--resume: no checkpoint in {args.out}; starting from step 0", file=sys.stderr)
-    if args.compile:
-        model.compile_encoders()
-    wrapped = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                          else None) if dist.world > 1 else model)
+    step_model = _step_model(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    wrapped = (torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index]
+                                                         if device.type == "cuda" else None)
+               if dist.world > 1 else step_model)
     stream = data.prefetched(windows.batches(batch_size=args.batch_size, seed=args.seed, rank=rank,
                                              world_size=dist.world, start=consumed))
     log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start) if rank == 0 else None
@@ -414,6 +421,17 @@ def _evaluate(model: ElectraPretrainer, windows: data.Windows, batch_size: int, 
     if dist.world > 1:
         torch.distributed.all_reduce(sums)
     return dict(zip(METRICS, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
+
+
+def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
+    """What each micro-batch calls: the pretrainer itself, or its whole step (the forward, and the backward
+    AOTAutograd derives from it) compiled as one graph; with cuda_graphs also captured as CUDA graphs and
+    replayed (torch.compile's "reduce-overhead"), with the value checks off: each would be a host sync inside the
+    captured step."""
+    if cuda_graphs:
+        set_value_checks(False)
+        return torch.compile(model, fullgraph=True, mode="reduce-overhead")
+    return torch.compile(model, fullgraph=True) if compile else model
 
 
 def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,

@@ -91,7 +91,9 @@ def test_cpp_call_checks_its_arguments_and_writes_nothing():
     ids = torch.arange(12).view(3, 4)
     before = ids.clone()
     with pytest.raises(TypeError, match="positions"):
-        cpp_backend.replace(ids, torch.tensor([1, 5], dtype=torch.int32), torch.tensor([7, 7]))
+        cpp_backend.replace(ids, torch.tensor([1, 5], dtype=torch.int32), torch.tensor([7, 7]), None)
+    with pytest.raises(TypeError, match="valid"):
+        cpp_backend.replace(ids, torch.tensor([1, 5]), torch.tensor([7, 7]), torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="g must be contiguous"):
         cpp_backend._backward_tile(torch.randn(4, 6)[:, ::2], 0, torch.zeros(4, dtype=torch.int64), -100,
                                    torch.zeros(4, 2), torch.ones(4))

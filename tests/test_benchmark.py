@@ -45,6 +45,22 @@ def test_recommended_steps_run():
     assert fused["ratios"]["vs hf eager-full"] > 0
 
 
+def test_one_graph_steps_run(monkeypatch):
+    # Graph capture as the benchmark does it, without Inductor's code generation (minutes on two cores).
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: real_compile(
+        model, fullgraph=kwargs.get("fullgraph", False), backend="aot_eager"))
+    report = benchmark.run(benchmark.Config(**{**TINY, "parts": ("graph",)}), progress=False)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert {"electra-fast", "electra-fast +compile encoders", "electra-fast fullgraph"} <= set(rows)
+    assert ("electra-fast cuda-graphs" in rows) == (report["config"]["device"] == "cuda")
+    assert all(r["tokens_per_s"] > 0 and r["table"] == "one-graph step" for r in rows.values())
+    notes = report["notes"]
+    assert (notes["step_graphs"], notes["step_graph_breaks"]) == (1, 0)
+    assert notes["first_call_s encoders"] > 0 and notes["first_call_s fullgraph"] > 0
+    assert electra_fast.settings.value_checks()
+
+
 def test_variants_train_the_same_models_on_the_same_batch():
     variants = benchmark.step_variants(benchmark.Config(**TINY))
     assert set(variants) == {"eager-full", "eager", "compile", "electra-fast"}

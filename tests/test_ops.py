@@ -33,8 +33,10 @@ def test_opcheck(target, reduction):
     labels = torch.rand(3, 5, device=device) < 0.3
     library.opcheck(torch.ops.electra_fast.rtd_loss.default, (x, labels, torch.ones_like(labels), reduction, backend))
     ids = torch.randint(0, 9, (3, 5), device=device)
+    positions, sampled = torch.tensor([1, 4, -1, 9], device=device), torch.tensor([2, 2, 2, 2], device=device)
+    library.opcheck(torch.ops.electra_fast.replace_.default, (ids, positions[[0, 1, 3]], sampled[:3], None, backend))
     library.opcheck(torch.ops.electra_fast.replace_.default,
-                    (ids, torch.tensor([1, 4, 9], device=device), torch.tensor([2, 2, 2], device=device), backend))
+                    (ids, positions, sampled, positions >= 0, backend))
 
 
 def _step(hidden, weight, bias, targets, logits, labels, mask, seed):

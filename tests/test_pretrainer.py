@@ -226,3 +226,23 @@ def test_presets_follow_the_paper():
         preset_configs("tiny", vocab_size=10)
     with pytest.raises(ValueError, match="overrides"):
         preset_configs("small", vocab_size=10, layers=2)
+
+
+def test_head_gets_max_predictions_slots_per_row(monkeypatch):
+    rows, targets = [], []
+    real = electra_fast.api.generator_loss_and_sample
+
+    def spy(hidden, weight, bias, t, **kwargs):
+        rows.append(hidden.shape[0])
+        targets.append(t)
+        return real(hidden, weight, bias, t, **kwargs)
+
+    monkeypatch.setattr(electra_fast.pretrainer.api, "generator_loss_and_sample", spy)
+    ids, mask = _batch()  # rows of 24, 19, 15 and 6 tokens: 22, 17, 13 and 4 eligible
+    _builtin()(ids, mask)
+    _builtin(max_predictions=2)(ids, mask)
+    assert rows == [4 * 4, 4 * 2]  # ceil(0.15 * 24) = 4 slots by default
+    assert (targets[0] != -100).view(4, 4).sum(1).tolist() == [3, 3, 2, 1]  # round(0.15 * eligible)
+    assert (targets[1] != -100).view(4, 2).sum(1).tolist() == [2, 2, 2, 1]
+    with pytest.raises(ValueError, match="max_predictions"):
+        _builtin(max_predictions=0)

@@ -243,6 +243,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, 
     (["--hidden-size", "33"], "--hidden-size 33 must be a multiple of --num-heads 2"),
     (["--max-flops", "-1"], "--max-flops must be a finite number > 0"),
     (["--max-flops", "10"], "--max-flops 10 pays for no step"),
+    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device, got cpu"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(trained, corpus, tmp_path, capsys, bad, message):
     (tmp_path / "empty.txt").write_text("\n  \n")

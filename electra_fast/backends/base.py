@@ -44,9 +44,10 @@ class Backend(Protocol):
         """d loss / d logits [N, V] = (softmax - onehot(target)) * the row's share of grad_loss; 0 on ignored
         rows."""
 
-    def replace(self, input_ids: Tensor, positions: Tensor, sampled: Tensor) -> Tensor:
-        """Writes sampled [N] into input_ids [B, T] at flat positions [N] in place; returns is_replaced [B, T]
-        bool (True where the id changed)."""
+    def replace(self, input_ids: Tensor, positions: Tensor, sampled: Tensor, valid: Optional[Tensor]) -> Tensor:
+        """Writes sampled [N] into input_ids [B, T] at flat positions [N] in place, skipping the slots whose
+        valid [N] bool is False (none skipped when valid is None); returns is_replaced [B, T] bool (True where
+        the id changed). Skipped slots are never read: their position may be anything."""
 
     def rtd_forward(self, logits: Tensor, is_replaced: Tensor, attention_mask: Optional[Tensor],
                     reduction: str) -> tuple:

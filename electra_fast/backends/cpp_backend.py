@@ -186,13 +186,15 @@ def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     return g
 
 
-def replace(input_ids, positions, sampled):
+def replace(input_ids, positions, sampled, valid):
     is_replaced = torch.zeros(input_ids.shape, dtype=torch.bool)
     positions, sampled = positions.contiguous(), sampled.contiguous()
+    valid = None if valid is None else valid.contiguous()
     require("input_ids", input_ids, device="cpu", dtypes=(torch.int64,))
     n = (positions.shape[0],)
     _C.replace_ids(input_ids.data_ptr(), input_ids.shape[1], input_ids.stride(0), input_ids.stride(1),
-                   _ptr("positions", positions, torch.int64, n), _ptr("sampled", sampled, torch.int64, n), n[0],
+                   _ptr("positions", positions, torch.int64, n), _ptr("sampled", sampled, torch.int64, n),
+                   _ptr("valid", valid, torch.bool, n, optional=True), n[0],
                    _ptr("is_replaced", is_replaced, torch.bool, input_ids.shape))
     return is_replaced
 

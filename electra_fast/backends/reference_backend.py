@@ -40,8 +40,8 @@ def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
                                         reduction)
 
 
-def replace(input_ids, positions, sampled):
-    return reference.replace_(input_ids, positions, sampled)
+def replace(input_ids, positions, sampled, valid):
+    return reference.replace_(input_ids, positions, sampled, valid)
 
 
 def rtd_forward(logits, is_replaced, attention_mask, reduction):

@@ -89,8 +89,10 @@ def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     return sample_logits.softmax_grad(z, None, targets, stats, scale, interpret=_INTERPRET)
 
 
-def replace(input_ids, positions, sampled):
-    return replace_kernel.replace(input_ids, positions.contiguous(), sampled.contiguous(), interpret=_INTERPRET)
+def replace(input_ids, positions, sampled, valid):
+    valid = None if valid is None else valid.contiguous()
+    return replace_kernel.replace(input_ids, positions.contiguous(), sampled.contiguous(), valid,
+                                  interpret=_INTERPRET)
 
 
 def rtd_forward(logits, is_replaced, attention_mask, reduction):

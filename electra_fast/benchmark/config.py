@@ -10,7 +10,7 @@ from electra_fast import models
 CPU_BATCH_SIZE = 8  # SPEC §6: the default finishes in minutes on a laptop CPU
 CUDA_BATCH_SIZE = 128  # ELECTRA-Small's real batch (Clark et al., 2020): 128 sequences of 128 tokens
 DTYPES = ("float32", "bfloat16", "float16")
-PARTS = ("head", "ops", "step", "recommended")
+PARTS = ("head", "ops", "step", "recommended", "graph")
 
 
 def bf16_supported(device: torch.device) -> bool:

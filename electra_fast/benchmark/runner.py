@@ -12,9 +12,10 @@ from .config import Config
 from .heads import head_floor, head_variants, op_variants
 from .measure import peak_memory_mb, probe_memory, time_variants
 from .report import Row, add_ratios, environment
-from .steps import fused_share_of_step, recommended_variants, step_variants
+from .steps import (first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants,
+                    step_variants)
 
-MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step")  # the other ops' tensors are a few KB
+MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step", "one-graph step")  # the other ops' tensors are a few KB
 
 
 def variants_of(cfg: Config, table: str) -> dict:
@@ -27,6 +28,8 @@ def variants_of(cfg: Config, table: str) -> dict:
         return step_variants(cfg)
     if table == "recommended step":
         return recommended_variants(cfg)
+    if table == "one-graph step":
+        return one_graph_variants(cfg)
     return op_variants(cfg)[table]
 
 
@@ -40,6 +43,8 @@ def tables_of(cfg: Config) -> list[str]:
         tables.append("step")
     if "recommended" in cfg.parts:
         tables.append("recommended step")
+    if "graph" in cfg.parts:
+        tables.append("one-graph step")
     return tables
 
 
@@ -82,6 +87,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
                 notes["head_over_floor"] = seconds["electra-fast"] * 1e3 / notes["head_gemm_floor_ms"]
         if table == "step" and "eager" in seconds:
             notes["fused_share_of_eager_step"] = fused_share_of_step(cfg, seconds["eager"])
+        if table == "one-graph step":
+            notes.update(first_call_seconds(cfg))
     if bar is not None:
         bar.close()
     return {"environment": environment(device), "config": asdict(cfg), "rows": [asdict(r) for r in rows],

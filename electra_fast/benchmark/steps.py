@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 import torch
 import torch.nn.functional as F
@@ -78,20 +79,33 @@ def built_in_pretrainer(cfg: Config, device) -> electra_fast.ElectraPretrainer:
         **overrides).to(device)
 
 
-def training_step(cfg: Config, loss_of_batch, module, dtype: str | None = None):
-    """A zero-argument callable: forward under autocast when dtype is not float32, backward, AdamW."""
+def training_step(cfg: Config, loss_of_batch, module, dtype: str | None = None, value_checks: bool = True):
+    """A zero-argument callable: forward under autocast when dtype is not float32, backward, AdamW; with
+    value_checks=False the ops' value checks are off during the call (and restored after it)."""
     device = torch.device(cfg.device)
     ids, mask = step_inputs(cfg, device)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
     dtype = dtype or cfg.dtype
 
     def step():
-        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
-            loss = loss_of_batch(ids, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        checks = electra_fast.settings.value_checks()
+        electra_fast.set_value_checks(value_checks and checks)
+        try:
+            with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+                loss = loss_of_batch(ids, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        finally:
+            electra_fast.set_value_checks(checks)
     return step
+
+
+def fused_step(cfg: Config, pretrainer, dtype: str | None = None, forward=None, value_checks: bool = True):
+    """training_step of an ElectraPretrainer's loss; `forward` (default: the pretrainer) is what is called, e.g.
+    its torch.compile."""
+    forward = pretrainer if forward is None else forward
+    return training_step(cfg, lambda ids, mask: forward(ids, mask).loss, pretrainer, dtype, value_checks)
 
 
 def step_variants(cfg: Config) -> dict:
@@ -158,24 +172,73 @@ def recommended_variants(cfg: Config) -> dict:
     encoders under torch.compile, and with bf16 autocast where the device supports it."""
     device = torch.device(cfg.device)
     variants = {}
-
-    def fused_step(pretrainer, dtype=None):
-        return training_step(cfg, lambda ids, mask: pretrainer(ids, mask).loss, pretrainer, dtype)
-
     hf = hugging_face_models(cfg, device)
     if hf is not None:
         hf_step = HuggingFaceStep(*copy.deepcopy(hf))
         variants["hf eager-full"] = training_step(cfg, hf_step, hf_step)
-        variants["hf electra-fast"] = fused_step(electra_fast.ElectraPretrainer(
+        variants["hf electra-fast"] = fused_step(cfg, electra_fast.ElectraPretrainer(
             *copy.deepcopy(hf), mask_token_id=MASK_ID, vocab_size=cfg.vocab_size, pad_token_id=PAD_ID,
             special_token_ids=(CLS_ID, SEP_ID)))
     base = built_in_pretrainer(cfg, device)
-    variants["electra-fast"] = fused_step(copy.deepcopy(base))
-    variants["electra-fast +compile"] = fused_step(copy.deepcopy(base).compile_encoders())
+    variants["electra-fast"] = fused_step(cfg, copy.deepcopy(base))
+    variants["electra-fast +compile"] = fused_step(cfg, copy.deepcopy(base).compile_encoders())
     if bf16_supported(device) and cfg.dtype == "float32":
-        variants["electra-fast +bf16"] = fused_step(copy.deepcopy(base), "bfloat16")
-        variants["electra-fast +compile+bf16"] = fused_step(copy.deepcopy(base).compile_encoders(), "bfloat16")
+        variants["electra-fast +bf16"] = fused_step(cfg, copy.deepcopy(base), "bfloat16")
+        variants["electra-fast +compile+bf16"] = fused_step(cfg, copy.deepcopy(base).compile_encoders(), "bfloat16")
     return variants
+
+
+def one_graph_variants(cfg: Config) -> dict:
+    """The step as one graph against the step as compiled before it (encoders only, the fused ops and the
+    masking eager between them), beside what users run today (Hugging Face models, full-sequence logits): the
+    built-in models eager, with compiled encoders, the whole step under torch.compile(fullgraph=True), and on
+    CUDA that graph captured as CUDA graphs and replayed (value checks off: each would be a host sync)."""
+    device = torch.device(cfg.device)
+    variants = {}
+    hf = hugging_face_models(cfg, device)
+    if hf is not None:
+        hf_step = HuggingFaceStep(*copy.deepcopy(hf))
+        variants["hf eager-full"] = training_step(cfg, hf_step, hf_step)
+    base = built_in_pretrainer(cfg, device)
+    variants["electra-fast"] = fused_step(cfg, copy.deepcopy(base))
+    variants["electra-fast +compile encoders"] = fused_step(cfg, copy.deepcopy(base).compile_encoders())
+    whole = copy.deepcopy(base)
+    variants["electra-fast fullgraph"] = fused_step(cfg, whole, forward=torch.compile(whole, fullgraph=True))
+    if device.type == "cuda":
+        graphed = copy.deepcopy(base)
+        replay = torch.compile(graphed, fullgraph=True, mode="reduce-overhead")
+        variants["electra-fast cuda-graphs"] = fused_step(cfg, graphed, forward=replay, value_checks=False)
+    return variants
+
+
+COMPILED_STEPS = {
+    "encoders": lambda pretrainer: pretrainer.compile_encoders(),
+    "fullgraph": lambda pretrainer: torch.compile(pretrainer, fullgraph=True),
+}
+
+
+def first_call_seconds(cfg: Config) -> dict:
+    """Seconds of the first training step (compilation included, Inductor's caches off) of the encoders-only
+    compile and of the whole-step fullgraph compile, on fresh copies of the same models; and the graphs and
+    graph breaks torch._dynamo.explain finds in the whole step."""
+    import torch._inductor.config as inductor_config
+
+    device = torch.device(cfg.device)
+    base = built_in_pretrainer(cfg, device)
+    ids, mask = step_inputs(cfg, device)
+    explained = torch._dynamo.explain(copy.deepcopy(base))(ids, mask)
+    result = {"step_graphs": explained.graph_count, "step_graph_breaks": explained.graph_break_count}
+    for name, compile_step in COMPILED_STEPS.items():
+        torch._dynamo.reset()
+        pretrainer = copy.deepcopy(base)
+        step = fused_step(cfg, pretrainer, forward=compile_step(pretrainer))
+        with inductor_config.patch(force_disable_caches=True):
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result[f"first_call_s {name}"] = time.perf_counter() - start
+    return result
 
 
 def fused_share_of_step(cfg: Config, eager_step_seconds: float) -> float:

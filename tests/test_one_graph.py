@@ -1,0 +1,163 @@
+"""The whole ELECTRA step as one graph: torch.compile(fullgraph=True) of the pretrainer's forward, whose
+backward AOTAutograd compiles with it, for the built-in models and Hugging Face's ELECTRA classes; no read of a
+tensor's value on the host with value checks off; on CUDA, the step replayed as CUDA graphs.
+
+The compiled steps run on the "aot_eager" backend: graph capture (what a data-dependent shape or a host sync
+breaks) is the same for every backend, and Inductor's C++ code generation of a whole step takes about a minute on
+two cores; the benchmark compiles with Inductor."""
+import contextlib
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import electra_fast
+from test_pretrainer import _batch, _builtin, _hugging_face
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """The ops' value checks on or off inside the block, on again after it (the default)."""
+    electra_fast.set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        electra_fast.set_value_checks(True)
+
+
+@pytest.mark.parametrize("make", [_builtin, _hugging_face])
+def test_step_is_one_graph(make):
+    torch._dynamo.reset()
+    model = make()
+    with value_checks(False):
+        explained = torch._dynamo.explain(model)(*_batch())
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+def _train(step, model, steps=2):
+    """Losses, metrics and gradients of `steps` AdamW steps of `step` (model's forward, eager or compiled)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids, mask = _batch()
+    results = []
+    for i in range(steps):
+        torch.manual_seed(10 + i)
+        out = step(ids, mask)
+        opt.zero_grad()
+        out.loss.backward()
+        results.append((torch.stack(list(out)).detach(), [p.grad.clone() for p in model.parameters()
+                                                          if p.grad is not None]))
+        opt.step()
+    return results, [p.detach().clone() for p in model.parameters()]
+
+
+# Value checks off is the CUDA-graph configuration; on, the checks run inside the ops, which the graph calls.
+@pytest.mark.parametrize("make, objective, checks", [(_builtin, "mle", True), (_builtin, "adversarial", False),
+                                                     (_hugging_face, "mle", False),
+                                                     (_hugging_face, "adversarial", True)])
+def test_compiled_steps_equal_eager(make, objective, checks):
+    torch._dynamo.reset()
+    eager = make(generator_objective=objective)
+    compiled = copy.deepcopy(eager)
+    with value_checks(checks):
+        want, want_params = _train(eager, eager)
+        got, got_params = _train(torch.compile(compiled, fullgraph=True, backend="aot_eager"), compiled)
+    for (want_out, want_grads), (got_out, got_grads) in zip(want, got):
+        assert torch.allclose(got_out, want_out, rtol=1e-5, atol=1e-6)
+        assert len(got_grads) == len(want_grads)
+        for g, w in zip(got_grads, want_grads):
+            assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
+    for g, w in zip(got_params, want_params):
+        assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(compiled.reward_baseline, eager.reward_baseline)
+
+
+@pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
+                    reason="this torch's Dynamo cannot trace Tensor.backward()")
+def test_step_with_its_backward_call_is_one_graph():
+    # The step as a user writes it, loss.backward() inside: one graph where Dynamo traces autograd calls.
+    eager = _builtin()
+    compiled = copy.deepcopy(eager)
+    ids, mask = _batch()
+
+    def step_of(model):
+        def step(ids, mask):
+            out = model(ids, mask)
+            out.loss.backward()
+            return out.loss.detach()
+        return step
+
+    torch._dynamo.reset()
+    with value_checks(False), torch._dynamo.config.patch(trace_autograd_ops=True):
+        explained = torch._dynamo.explain(step_of(copy.deepcopy(eager)))(ids, mask)
+        torch.manual_seed(3)
+        got = torch.compile(step_of(compiled), fullgraph=True, backend="aot_eager")(ids, mask)
+        torch.manual_seed(3)
+        want = step_of(eager)(ids, mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(compiled.parameters(), eager.parameters()):
+        assert (g.grad is None) == (w.grad is None)
+        assert g.grad is None or torch.allclose(g.grad, w.grad, rtol=1e-4, atol=1e-6)
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the aten ops, outside the electra_fast custom ops (whose bodies run with the mode off), that read a
+    tensor's values on the host: on CUDA, each a sync and a CUDA-graph capture error."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.masked_select.default, torch.ops.aten.equal.default, torch.ops.aten.is_nonzero.default}
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        indices = args[1] if func in (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default) else ()
+        if func in self.READS or any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# The built-in models only: Hugging Face's eager attention mask asks `padding_mask.all()` on the host (to skip the
+# mask), a check it leaves out when compiling.
+@pytest.mark.parametrize("objective", ["mle", "adversarial"])
+def test_step_reads_no_tensor_values_on_the_host(objective):
+    model = _builtin(generator_objective=objective)
+    ids, mask = _batch()
+    reads = _HostReads()
+    with value_checks(False), reads:
+        model(ids, mask).loss.backward()
+    assert reads.found == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_equals_eager_and_makes_no_host_sync(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)  # eager's random streams inside the graph
+    torch._dynamo.reset()
+    eager = _builtin().cuda()
+    graphed = copy.deepcopy(eager)
+    replay = torch.compile(graphed, fullgraph=True, mode="reduce-overhead")
+    ids, mask = (t.cuda() for t in _batch())
+    results = []
+    with value_checks(False):
+        for model, step in ((eager, eager), (graphed, replay)):
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            outputs = []
+            for i in range(5):
+                torch.manual_seed(10 + i)
+                # Steps 0 and 1 warm up and capture; the replays after them must not wait for the GPU.
+                torch.cuda.set_sync_debug_mode("error" if step is replay and i >= 2 else "default")
+                try:
+                    torch.compiler.cudagraph_mark_step_begin()
+                    out = step(ids, mask)
+                    opt.zero_grad()
+                    out.loss.backward()
+                    opt.step()
+                    outputs.append(torch.stack(list(out)).detach().clone())
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            results.append(torch.stack(outputs))
+    assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5)
