@@ -266,22 +266,28 @@ def _final_weights(out):
 
 
 def test_run_killed_at_random_moments_resumes_bit_identical(tmp_path, corpus):
-    """SIGKILL at two random moments (after a checkpoint exists), then --resume: the run ends as one left alone."""
+    """SIGKILL at two random moments (each soon after a random checkpoint), then --resume: the run ends as one left
+    alone."""
     argv = [sys.executable, "-m", "electra_fast", "pretrain", "--corpus", corpus[0], "--tokenizer", corpus[1], *TINY,
-            "--steps", "8", "--save-every", "1", "--valid-sequences", "3", "--eval-every", "3"]
+            "--steps", "12", "--save-every", "1", "--valid-sequences", "3", "--eval-every", "3"]
     subprocess.run([*argv, "--out", str(tmp_path / "alone")], check=True, capture_output=True, timeout=300)
     out, rng, killed_at = tmp_path / "killed", np.random.default_rng(), []
-    for kill in range(2):
+
+    def checkpointed_step():
+        latest = checkpoint.latest(out)
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+    for target in sorted(rng.choice(np.arange(2, 11), size=2, replace=False)):
         process = subprocess.Popen([*argv, "--out", str(out), "--resume"], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while checkpoint.latest(out) is None and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 1.5))
+        while checkpointed_step() < target and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.2))  # anywhere in the next step, or in the middle of writing a checkpoint
         process.send_signal(signal.SIGKILL)
         process.wait()
-        killed_at.append(checkpoint.read_manifest(checkpoint.latest(out))["step"])
-    assert min(killed_at) < 8, "both kills came after the run had ended"
+        killed_at.append(checkpointed_step())
+    assert min(killed_at) < 12, "both kills came after the run had ended"
     subprocess.run([*argv, "--out", str(out), "--resume"], check=True, capture_output=True, timeout=300)
     alone, resumed = _final_weights(tmp_path / "alone"), _final_weights(out)
     assert alone.keys() == resumed.keys() and all(torch.equal(alone[k], resumed[k]) for k in alone)
