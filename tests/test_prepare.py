@@ -242,7 +242,9 @@ def _peak_rss_mb(corpus_path, out, tokenizer_dir):
     script = (f"import resource, subprocess, sys\n"
               f"subprocess.run([sys.executable, '-c', {code!r}], check=True)\n"
               f"print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # cwd: outside the checkout, whose source folder would shadow the installed package (no extension, no kernels)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(out))
     assert run.returncode == 0, run.stderr[-2000:]
     return int(run.stdout.split()[-1]) / 1024
 
@@ -274,7 +276,7 @@ def test_rerun_after_sigkill_continues_and_writes_identical_bytes(tmp_path, toke
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "electra_fast", "prepare", *map(str, argv), "--out", str(killed)],
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, cwd=tmp_path)  # outside the checkout: see _peak_rss_mb
     deadline = time.monotonic() + 120
     while not (killed / "shard-00001.bin").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.005)

@@ -270,7 +270,9 @@ def test_run_killed_at_random_moments_resumes_bit_identical(tmp_path, corpus):
     alone."""
     argv = [sys.executable, "-m", "electra_fast", "pretrain", "--corpus", corpus[0], "--tokenizer", corpus[1], *TINY,
             "--steps", "12", "--save-every", "1", "--valid-sequences", "3", "--eval-every", "3"]
-    subprocess.run([*argv, "--out", str(tmp_path / "alone")], check=True, capture_output=True, timeout=300)
+    # cwd: outside the checkout, whose source folder would shadow the installed package (no extension, no kernels)
+    subprocess.run([*argv, "--out", str(tmp_path / "alone")], check=True, capture_output=True, timeout=300,
+                   cwd=tmp_path)
     out, rng, killed_at = tmp_path / "killed", np.random.default_rng(), []
 
     def checkpointed_step():
@@ -279,7 +281,7 @@ def test_run_killed_at_random_moments_resumes_bit_identical(tmp_path, corpus):
 
     for target in sorted(rng.choice(np.arange(2, 11), size=2, replace=False)):
         process = subprocess.Popen([*argv, "--out", str(out), "--resume"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=subprocess.DEVNULL, cwd=tmp_path)
         deadline = time.monotonic() + 120
         while checkpointed_step() < target and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.002)
@@ -288,7 +290,7 @@ def test_run_killed_at_random_moments_resumes_bit_identical(tmp_path, corpus):
         process.wait()
         killed_at.append(checkpointed_step())
     assert min(killed_at) < 12, "both kills came after the run had ended"
-    subprocess.run([*argv, "--out", str(out), "--resume"], check=True, capture_output=True, timeout=300)
+    subprocess.run([*argv, "--out", str(out), "--resume"], check=True, capture_output=True, timeout=300, cwd=tmp_path)
     alone, resumed = _final_weights(tmp_path / "alone"), _final_weights(out)
     assert alone.keys() == resumed.keys() and all(torch.equal(alone[k], resumed[k]) for k in alone)
 
