@@ -347,6 +347,19 @@ def test_bad_utf8_names_file_line_and_byte_or_is_skipped_and_counted(tmp_path, t
                        packed_in_memory(["good line one", "good line three"], tokenizer, 16))
 
 
+def test_bad_input_past_the_first_shards_leaves_only_whole_recorded_shards(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr(prepare, "BATCH_BYTES", 256)  # shards are written before the reader reaches the bad line
+    path = tmp_path / "late.txt"
+    path.write_bytes(("\n".join(LINES) + "\n").encode() + b"bad \xff\n" + b"more text\n")
+    with pytest.raises(corpus.CorpusError, match=f"line {len(LINES) + 1}"):
+        prepare.prepare([str(path)], str(tmp_path / "data"), tokenizer_dir=tokenizer_dir, shard_tokens=500, workers=1,
+                        progress=False)
+    names = sorted(os.listdir(tmp_path / "data"))
+    progress = json.loads((tmp_path / "data" / "progress.json").read_text())
+    assert [n for n in names if n.startswith("shard-")] == [s["file"] for s in progress["shards"]] != []
+    assert not [n for n in names if n.endswith(".partial")] and "index.json" not in names
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty", "the corpus is empty"),
     ("missing", "no such file or folder"),
