@@ -207,8 +207,11 @@ class ElectraPretrainer(nn.Module):
 
     def _adversarial_objective(self, rows, weight, bias, sampled, positions, valid, disc_logits):
         """REINFORCE: mean over the valid slots of (reward - baseline) * -log p(sampled); reward = P(real)."""
+        # Its samples are discarded; the seed is drawn on the rows' device all the same, so that a captured CUDA
+        # graph holds no host-to-device copy.
         neg_log_p, _, _ = api.generator_loss_and_sample(rows, weight, bias, torch.where(valid, sampled, IGNORE_INDEX),
-                                                        ignore_index=IGNORE_INDEX, reduction="none")
+                                                        ignore_index=IGNORE_INDEX, reduction="none",
+                                                        seed=api.resolve_seed(None, rows.device))
         n_valid = valid.sum().clamp_min(1)
         with torch.no_grad():
             reward = torch.sigmoid(-disc_logits.reshape(-1)[positions.clamp_min(0)].float())
