@@ -31,13 +31,10 @@ import time
 
 import numpy as np
 
+from electra_fast.prepare import byte_count
+
 GPU_TOKENS_PER_S = 1_000_000
 TINY_MODEL = ["--num-layers", "2", "--batch-size", "8", "--eval-every", "0", "--save-every", "1000"]
-
-
-def byte_count(text: str) -> int:
-    scale = {"K": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}.get(text[-1:].upper(), 1)
-    return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
 def write_corpus(path: str, size: int, seed: int = 0) -> None:
@@ -131,7 +128,8 @@ def batch_cost(data_dir: str, batches: int = 200) -> dict:
     while each step lasts as long as at GPU_TOKENS_PER_S."""
     from electra_fast import data
 
-    windows = data.TokenData(data_dir).windows(128, valid_sequences=1000)
+    tokens = data.TokenData(data_dir)
+    windows = tokens.windows(128, valid_sequences=min(1000, tokens.windows(128).count // 100))
     stream = windows.batches(batch_size=128, seed=0, rank=0, world_size=1, start=10 ** 6)
     next(stream)
     began = time.perf_counter()

@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser, *, out_flag: bool = True) -> None:
     p.add_argument("--tokenizer", metavar="DIR", default=None,
                    help="use this tokenizer (tokenizer.json or a BERT vocab.txt) instead of training one")
     p.add_argument("--vocab-size", type=int, default=8000, help="size of the tokenizer trained on the corpus")
-    p.add_argument("--tokenizer-sample", type=_byte_count, default=DEFAULT_TOKENIZER_SAMPLE, metavar="BYTES",
+    p.add_argument("--tokenizer-sample", type=byte_count, default=DEFAULT_TOKENIZER_SAMPLE, metavar="BYTES",
                    help="bytes of text to train the tokenizer on, taken from every source in proportion to its "
                         "size (default 100M; suffixes K, M, G)")
     p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: every core)")
@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser, *, out_flag: bool = True) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _byte_count(text: str) -> int:
+def byte_count(text: str) -> int:
+    """A number of bytes from the command line: 100000, 100K, 2.5M, 1G (powers of ten)."""
     scale = {"K": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}.get(text[-1:].upper(), 1)
     try:
         return int(float(text[:-1] if scale > 1 else text) * scale)

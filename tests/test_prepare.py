@@ -426,6 +426,18 @@ def test_damaged_data_is_refused_naming_the_shard(tmp_path, tokenizer_dir):
         data.TokenData(str(tmp_path / "data"))
 
 
+def test_the_data_benchmark_runs_at_small_sizes(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "data_scale.py")
+    run = subprocess.run([sys.executable, script, "--sizes", "150K", "300K", "--throughput-size", "100K", "--repeats",
+                          "1", "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)  # outside the checkout: see _peak_rss_mb
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert [row["size"] for row in report["sizes"]] == ["150K", "300K"]
+    assert report["throughput"]["mb_per_s"]["prepare"] > 0 and report["batch"]["loop_wait_us_median"] > 0
+    assert "of tokenizers" in run.stdout and "| 300K |" in run.stdout
+
+
 # ------------------------------------------------------------------------------------------------------ the order
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 64, 100, 1031, 65537])
