@@ -53,6 +53,23 @@ def write_folder(final: str, fill: Callable[[str], None]) -> None:
         raise
 
 
+def write_file(path: str, text: str) -> None:
+    """Replaces the file `path` by `text` at once: written to a temporary sibling, flushed to disk, renamed (on
+    failure the temporary file is removed and the exception propagates)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -84,17 +101,10 @@ def save(out: str, step: int, model: torch.nn.Module, training_state: dict, conf
         with open(os.path.join(temporary, MANIFEST), "w") as f:
             json.dump({"format": FORMAT, "step": step, "config": config, "files": files}, f, indent=1)
 
-    pointer = os.path.join(out, f".{LATEST}.{os.getpid()}")
     try:
         write_folder(folder, fill)
-        with open(pointer, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer, os.path.join(out, LATEST))
+        write_file(os.path.join(out, LATEST), name + "\n")
     except OSError as e:
-        if os.path.exists(pointer):
-            os.remove(pointer)
         raise CheckpointError(f"--out: saving the checkpoint of step {step} to {folder} failed "
                               f"({e.strerror or e}); the previous checkpoint is kept") from None
     _remove_older(out, keep)

@@ -382,12 +382,7 @@ def _read_json(path: str) -> dict | None:
 
 
 def _write_json(path: str, value: dict) -> None:
-    temporary = f"{path}.{os.getpid()}.partial"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    checkpoint.write_file(path, json.dumps(value, indent=1))
 
 
 def _same_settings(out: str, saved: dict, current: dict) -> None:

@@ -166,6 +166,13 @@ def hugging_face_models(cfg: Config, device):
             transformers.ElectraForPreTraining(electra_config(disc_cfg)).to(device))
 
 
+def hugging_face_eager_full(cfg: Config, hf):
+    """The step users run today: a copy of the Hugging Face (generator, discriminator) pair, eager, with MLM
+    logits over the whole sequence."""
+    hf_step = HuggingFaceStep(*copy.deepcopy(hf))
+    return training_step(cfg, hf_step, hf_step)
+
+
 def recommended_variants(cfg: Config) -> dict:
     """The step users run today (Hugging Face models, full-sequence logits) against electra-fast's recommended
     steps: the fused ops on the same Hugging Face models, then on the built-in models (SDPA attention), with the
@@ -174,8 +181,7 @@ def recommended_variants(cfg: Config) -> dict:
     variants = {}
     hf = hugging_face_models(cfg, device)
     if hf is not None:
-        hf_step = HuggingFaceStep(*copy.deepcopy(hf))
-        variants["hf eager-full"] = training_step(cfg, hf_step, hf_step)
+        variants["hf eager-full"] = hugging_face_eager_full(cfg, hf)
         variants["hf electra-fast"] = fused_step(cfg, electra_fast.ElectraPretrainer(
             *copy.deepcopy(hf), mask_token_id=MASK_ID, vocab_size=cfg.vocab_size, pad_token_id=PAD_ID,
             special_token_ids=(CLS_ID, SEP_ID)))
@@ -197,8 +203,7 @@ def one_graph_variants(cfg: Config) -> dict:
     variants = {}
     hf = hugging_face_models(cfg, device)
     if hf is not None:
-        hf_step = HuggingFaceStep(*copy.deepcopy(hf))
-        variants["hf eager-full"] = training_step(cfg, hf_step, hf_step)
+        variants["hf eager-full"] = hugging_face_eager_full(cfg, hf)
     base = built_in_pretrainer(cfg, device)
     variants["electra-fast"] = fused_step(cfg, copy.deepcopy(base))
     variants["electra-fast +compile encoders"] = fused_step(cfg, copy.deepcopy(base).compile_encoders())
