@@ -43,6 +43,26 @@ def synsets(wordnet: str):
                 yield LEXNAMES[int(fields.split()[1])], definition.strip(), [s for s in sentences if s]
 
 
+def build(wordnet: str, out: str, *, train: int = 4000, validation: int = 1000, seed: int = 0) -> str:
+    """Writes train.tsv, validation.tsv and corpus.txt into `out` from the WordNet data files in `wordnet`;
+    returns a one-line summary."""
+    if not os.path.isfile(os.path.join(wordnet, "data.noun")):
+        raise FileNotFoundError(f"no WordNet data files in {wordnet} (Debian/Ubuntu: apt-get install wordnet-base)")
+    rows = [s for s in synsets(wordnet) if s[1]]
+    random.Random(seed).shuffle(rows)
+    held_out, training = rows[:validation], rows[validation:validation + train]
+    os.makedirs(out, exist_ok=True)
+    for name, part in (("train.tsv", training), ("validation.tsv", held_out)):
+        with open(os.path.join(out, name), "w", encoding="utf-8") as f:
+            f.write("text\tlabel\n")
+            f.writelines(f"{definition}\t{label}\n" for label, definition, _ in part)
+    with open(os.path.join(out, "corpus.txt"), "w", encoding="utf-8") as f:
+        for _, definition, examples in rows[validation:]:
+            f.writelines(text + "\n" for text in [definition, *examples])
+    return (f"{len(rows)} synsets with a definition, {len({r[0] for r in rows})} supersenses: "
+            f"{len(training)} train, {len(held_out)} validation, corpus of {len(rows) - len(held_out)} synsets in {out}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wordnet", default=WORDNET, help="folder of data.noun, data.verb, data.adj, data.adv")
@@ -51,21 +71,7 @@ def main():
     parser.add_argument("--validation", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
-    rows = [s for s in synsets(args.wordnet) if s[1]]
-    random.Random(args.seed).shuffle(rows)
-    validation, train = rows[:args.validation], rows[args.validation:args.validation + args.train]
-    os.makedirs(args.out, exist_ok=True)
-    for name, part in (("train.tsv", train), ("validation.tsv", validation)):
-        with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
-            f.write("text\tlabel\n")
-            f.writelines(f"{definition}\t{label}\n" for label, definition, _ in part)
-    with open(os.path.join(args.out, "corpus.txt"), "w", encoding="utf-8") as f:
-        for _, definition, examples in rows[args.validation:]:
-            f.writelines(text + "\n" for text in [definition, *examples])
-    print(f"{len(rows)} synsets with a definition, {len({r[0] for r in rows})} supersenses: "
-          f"{len(train)} train, {len(validation)} validation, corpus of {len(rows) - len(validation)} synsets "
-          f"in {args.out}")
+    print(build(args.wordnet, args.out, train=args.train, validation=args.validation, seed=args.seed))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
 from .masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
 from .settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
-from .pretrainer import ElectraOutput, ElectraPretrainer
+from .pretrainer import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 from . import models  # noqa: E402
 
 __version__ = "0.1.0"
@@ -15,6 +15,8 @@ __all__ = [
     "ElectraPretrainer",
     "MaskedInputs",
     "MaskedSlots",
+    "MlmOutput",
+    "MlmPretrainer",
     "generator_loss_and_sample",
     "get_backend",
     "mask_token_slots",

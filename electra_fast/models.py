@@ -170,24 +170,32 @@ class Discriminator(nn.Module):
 
 
 # ------------------------------------------------------------------------------------- Hugging Face ELECTRA format
-# The discriminator as transformers' ElectraForPreTraining: config.json + model.safetensors. Names map one to one
-# except attention, which Layer fuses into one qkv projection ([3H, H], rows q, k, v) and transformers keeps as
-# three.
+# The discriminator as transformers' ElectraForPreTraining, a generator (or the MLM baseline's encoder) as
+# ElectraForMaskedLM: config.json + model.safetensors. Names map one to one except attention, which Layer fuses
+# into one qkv projection ([3H, H], rows q, k, v) and transformers keeps as three. The masked LM's output weight
+# is the token embedding (tied), so only its bias is written.
 
 _HF_EMBEDDINGS = {"word": "word_embeddings", "position": "position_embeddings",
                   "token_type": "token_type_embeddings", "norm": "LayerNorm"}
 _HF_LAYER = {"attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
              "ff_in": "intermediate.dense", "ff_out": "output.dense", "ff_norm": "output.LayerNorm"}
 _HF_QKV = ("query", "key", "value")
-_HF_HEAD = {"dense": "discriminator_predictions.dense", "out": "discriminator_predictions.dense_prediction"}
+# Per model class: its transformers architecture and the names of its head's parameters there.
+_HF_HEADS = {
+    "Discriminator": ("ElectraForPreTraining", {"dense": "discriminator_predictions.dense",
+                                                "out": "discriminator_predictions.dense_prediction"}),
+    "Generator": ("ElectraForMaskedLM", {"dense": "generator_predictions.dense",
+                                         "norm": "generator_predictions.LayerNorm",
+                                         "output_bias": "generator_lm_head.bias"}),
+}
 
 
-def _hf_names(name: str) -> list[str]:
-    """The transformers names of a built-in Discriminator parameter: one, or q, k, v for the fused qkv (the
-    parameter is their concatenation along dim 0)."""
+def _hf_names(name: str, head: dict[str, str]) -> list[str]:
+    """The transformers names of a built-in Discriminator or Generator parameter (`head`: its class's entry of
+    _HF_HEADS): one, or q, k, v for the fused qkv (the parameter is their concatenation along dim 0)."""
     parts = name.split(".")
-    if parts[0] in _HF_HEAD:
-        return [f"{_HF_HEAD[parts[0]]}.{parts[1]}"]
+    if parts[0] in head:
+        return [".".join([head[parts[0]], *parts[1:]])]
     if parts[1] == "embeddings":
         return [f"electra.embeddings.{_HF_EMBEDDINGS[parts[2]]}.{parts[3]}"]
     if parts[1] == "project":
@@ -198,9 +206,10 @@ def _hf_names(name: str) -> list[str]:
     return [f"{layer}.{_HF_LAYER[parts[3]]}.{parts[4]}"]
 
 
-def hugging_face_config(c: EncoderConfig, **extra) -> dict:
-    """config.json of transformers' ElectraForPreTraining for an encoder config (`extra`: e.g. pad_token_id)."""
-    return {"architectures": ["ElectraForPreTraining"], "model_type": "electra", "vocab_size": c.vocab_size,
+def hugging_face_config(c: EncoderConfig, architecture: str = "ElectraForPreTraining", **extra) -> dict:
+    """config.json of transformers' `architecture` (ElectraForPreTraining or ElectraForMaskedLM) for an encoder
+    config (`extra`: e.g. pad_token_id)."""
+    return {"architectures": [architecture], "model_type": "electra", "vocab_size": c.vocab_size,
             "embedding_size": c.embedding_size, "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers,
             "num_attention_heads": c.num_heads, "intermediate_size": c.intermediate_size, "hidden_act": "gelu",
             "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout,
@@ -222,12 +231,13 @@ def encoder_config_from_hugging_face(config: dict) -> EncoderConfig:
                          layer_norm_eps=config["layer_norm_eps"])
 
 
-def discriminator_to_hugging_face(discriminator: Discriminator) -> dict[str, torch.Tensor]:
-    """The discriminator's weights under transformers' ElectraForPreTraining names, q/k/v split; contiguous
-    copies that share no memory (safetensors' requirement)."""
+def to_hugging_face(model: Discriminator | Generator) -> dict[str, torch.Tensor]:
+    """The model's weights under transformers' ElectraForPreTraining / ElectraForMaskedLM names, q/k/v split;
+    contiguous copies that share no memory (safetensors' requirement)."""
+    head = _HF_HEADS[type(model).__name__][1]
     state = {}
-    for name, tensor in discriminator.state_dict().items():
-        names = _hf_names(name)
+    for name, tensor in model.state_dict().items():
+        names = _hf_names(name, head)
         for hf, piece in zip(names, tensor.detach().chunk(len(names), dim=0)):
             state[hf] = piece.clone().contiguous()
     return state
@@ -237,26 +247,28 @@ def discriminator_from_hugging_face(config: dict, state: dict[str, torch.Tensor]
     """A built-in Discriminator from a transformers ElectraForPreTraining config.json dict and its weights.
     Raises KeyError naming a missing weight."""
     discriminator = Discriminator(encoder_config_from_hugging_face(config))
-    own = {name: torch.cat([state[hf] for hf in _hf_names(name)]) for name in discriminator.state_dict()}
+    head = _HF_HEADS["Discriminator"][1]
+    own = {name: torch.cat([state[hf] for hf in _hf_names(name, head)]) for name in discriminator.state_dict()}
     discriminator.load_state_dict(own)
     return discriminator
 
 
-def save_hugging_face_discriminator(discriminator: Discriminator, directory: str, **config_extra) -> None:
-    """Writes `directory/config.json` and `directory/model.safetensors`, which
-    transformers.ElectraForPreTraining.from_pretrained loads (`config_extra`: e.g. pad_token_id)."""
+def save_hugging_face(model: Discriminator | Generator, directory: str, **config_extra) -> None:
+    """Writes `directory/config.json` and `directory/model.safetensors`, which transformers'
+    ElectraForPreTraining (a Discriminator) or ElectraForMaskedLM (a Generator) and the AutoModelFor... classes
+    load (`config_extra`: e.g. pad_token_id)."""
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)
-    save_file(discriminator_to_hugging_face(discriminator), os.path.join(directory, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(to_hugging_face(model), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    architecture = _HF_HEADS[type(model).__name__][0]
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(hugging_face_config(discriminator.encoder.config, **config_extra), f, indent=2)
+        json.dump(hugging_face_config(model.encoder.config, architecture, **config_extra), f, indent=2)
 
 
 def load_hugging_face_discriminator(directory: str) -> Discriminator:
     """The built-in Discriminator of a transformers ElectraForPreTraining folder (config.json +
-    model.safetensors), whether saved by `save_hugging_face_discriminator` or by transformers itself."""
+    model.safetensors), whether saved by `save_hugging_face` or by transformers itself."""
     from safetensors.torch import load_file
 
     with open(os.path.join(directory, "config.json")) as f:

@@ -16,9 +16,10 @@ from torch import nn
 
 from . import api
 from .masking import IGNORE_INDEX, check_max_predictions, mask_token_slots
-from .models import Discriminator, Generator, preset_configs, save_hugging_face_discriminator
+from .models import Discriminator, Generator, preset_configs, save_hugging_face
 
 OBJECTIVES = ("mle", "adversarial")
+RTD_TOKENS = ("all", "masked")
 
 
 class ElectraOutput(NamedTuple):
@@ -26,7 +27,7 @@ class ElectraOutput(NamedTuple):
     mlm_loss: torch.Tensor
     rtd_loss: torch.Tensor
     gen_accuracy: torch.Tensor  # share of masked positions where the argmax is the original id
-    disc_accuracy: torch.Tensor  # share of attended tokens where (logit > 0) == is_replaced
+    disc_accuracy: torch.Tensor  # share of the tokens the RTD loss counts where (logit > 0) == is_replaced
     replaced_fraction: torch.Tensor  # share of attended tokens whose id changed
 
 
@@ -56,7 +57,7 @@ class _BuiltIn:
         return self.discriminator.encoder.embeddings.word.weight
 
     def save_discriminator(self, directory, pad_token_id):
-        save_hugging_face_discriminator(self.discriminator, directory, pad_token_id=pad_token_id)
+        save_hugging_face(self.discriminator, directory, pad_token_id=pad_token_id)
 
 
 class _HuggingFace:
@@ -118,16 +119,20 @@ class ElectraPretrainer(nn.Module):
     depend on the data. generator_objective="adversarial" trains the generator by
     REINFORCE with the discriminator's probability that the sampled token is real as the reward, minus a running
     mean baseline, instead of maximum likelihood; mlm_loss is then still reported, without gradient.
+    rtd_tokens="masked" counts the RTD loss (and disc_accuracy) at the masked positions only: the paper's
+    "ELECTRA 15%" ablation (its Table 5), which isolates the gain of learning from every token.
     """
 
     def __init__(self, generator, discriminator, *, mask_token_id: int, vocab_size: int,
                  special_token_ids: Sequence[int] = (), pad_token_id: int = 0, mask_prob: float = 0.15,
                  gen_weight: float = 1.0, disc_weight: float = 50.0, temperature: float = 1.0,
                  disallow_correct: bool = False, tie_embeddings: bool = True, generator_objective: str = "mle",
-                 baseline_momentum: float = 0.99, max_predictions: int | None = None):
+                 baseline_momentum: float = 0.99, max_predictions: int | None = None, rtd_tokens: str = "all"):
         super().__init__()
         if generator_objective not in OBJECTIVES:
             raise ValueError(f"generator_objective must be one of {OBJECTIVES}, got {generator_objective!r}")
+        if rtd_tokens not in RTD_TOKENS:
+            raise ValueError(f"rtd_tokens must be one of {RTD_TOKENS}, got {rtd_tokens!r}")
         check_max_predictions(max_predictions)
         self.generator, self.discriminator = generator, discriminator
         self._models = _adapter(generator, discriminator)
@@ -138,7 +143,7 @@ class ElectraPretrainer(nn.Module):
         self.mask_prob, self.gen_weight, self.disc_weight = mask_prob, gen_weight, disc_weight
         self.temperature, self.disallow_correct = temperature, disallow_correct
         self.generator_objective, self.baseline_momentum = generator_objective, baseline_momentum
-        self.max_predictions = max_predictions
+        self.max_predictions, self.rtd_tokens = max_predictions, rtd_tokens
         self.register_buffer("reward_baseline", torch.tensor(0.5))
 
     @classmethod
@@ -166,18 +171,13 @@ class ElectraPretrainer(nn.Module):
         projection is split into transformers' three."""
         self._models.save_discriminator(directory, self.pad_token_id)
 
+    save_pretrained = save_discriminator  # what fine-tuning takes, under the name MlmPretrainer shares
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ElectraOutput:
-        if attention_mask is None:
-            attention_mask = input_ids != self.pad_token_id
-        attention_mask = attention_mask.long()
-        masked = mask_token_slots(input_ids, attention_mask, mask_token_id=self.mask_token_id,
-                                  mask_prob=self.mask_prob, max_predictions=self.max_predictions,
-                                  special_token_ids=self.special_token_ids + (self.pad_token_id,))
-        # B·P slots as rows; an unused slot reads token 0 of the batch, and its target IGNORE_INDEX keeps it
-        # out of the loss and its gradient.
-        positions, valid, targets = masked.positions.view(-1), masked.valid.view(-1), masked.targets.view(-1)
-        features = self._models.features(masked.masked_ids, attention_mask)
-        rows = features.reshape(-1, features.shape[-1])[positions.clamp_min(0)]
+        attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
+        positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
+        features = self._models.features(slots.masked_ids, attention_mask)
+        rows = _slot_rows(features, positions)
         weight, bias = self._models.output()
         # The adversarial objective reports the MLM loss without its gradient: the head need not compute it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.generator_objective == "mle"):
@@ -188,7 +188,12 @@ class ElectraPretrainer(nn.Module):
         noised = input_ids.clone()
         is_replaced = api.replace_(noised, positions, sampled, valid)
         disc_logits = self._models.logits(noised, attention_mask)
-        rtd = api.rtd_loss(disc_logits, is_replaced, attention_mask)
+        rtd_weight = attention_mask
+        if self.rtd_tokens == "masked":
+            # Accumulated, so that unused slots (clamped onto token 0 with weight 0) cannot erase a valid slot's 1.
+            rtd_weight = torch.zeros_like(attention_mask).view(-1).index_put_(
+                (positions.clamp_min(0),), valid.long(), accumulate=True).view_as(attention_mask)
+        rtd = api.rtd_loss(disc_logits, is_replaced, rtd_weight)
 
         gen_objective = mlm_loss
         if self.generator_objective == "adversarial":
@@ -200,8 +205,9 @@ class ElectraPretrainer(nn.Module):
             attended = attention_mask.bool()
             n_attended = attended.sum().clamp_min(1)
             gen_accuracy = ((predicted == targets) & valid).sum().float() / valid.sum().clamp_min(1)
-            disc_correct = ((disc_logits > 0) == is_replaced) & attended
-            disc_accuracy = disc_correct.sum().float() / n_attended
+            scored = rtd_weight.bool()
+            disc_correct = ((disc_logits > 0) == is_replaced) & scored
+            disc_accuracy = disc_correct.sum().float() / scored.sum().clamp_min(1)
             replaced_fraction = (is_replaced & attended).sum().float() / n_attended
         return ElectraOutput(loss, mlm_loss, rtd, gen_accuracy, disc_accuracy, replaced_fraction)
 
@@ -224,4 +230,77 @@ class ElectraPretrainer(nn.Module):
 
 
 _PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "disallow_correct", "tie_embeddings",
-                    "generator_objective", "baseline_momentum", "max_predictions"}
+                    "generator_objective", "baseline_momentum", "max_predictions", "rtd_tokens"}
+
+
+def _mask_slots(pretrainer, input_ids, attention_mask):
+    """(attention_mask as int64, MaskedSlots) for a batch: the pretrainer's masking into its fixed slots."""
+    if attention_mask is None:
+        attention_mask = input_ids != pretrainer.pad_token_id
+    attention_mask = attention_mask.long()
+    slots = mask_token_slots(input_ids, attention_mask, mask_token_id=pretrainer.mask_token_id,
+                             mask_prob=pretrainer.mask_prob, max_predictions=pretrainer.max_predictions,
+                             special_token_ids=pretrainer.special_token_ids + (pretrainer.pad_token_id,))
+    return attention_mask, slots
+
+
+def _slot_rows(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The head's rows [B·P, E] of features [B, T, E] at the flat slot positions [B·P]. An unused slot (-1) reads
+    token 0 of the batch; its target IGNORE_INDEX keeps it out of the loss and its gradient."""
+    return features.reshape(-1, features.shape[-1])[positions.clamp_min(0)]
+
+
+class MlmOutput(NamedTuple):
+    loss: torch.Tensor  # the MLM loss, which is also what the step minimises
+    mlm_loss: torch.Tensor
+    mlm_accuracy: torch.Tensor  # share of masked positions where the argmax is the original id
+
+
+class MlmPretrainer(nn.Module):
+    """The masked-language-model baseline ELECTRA is measured against (BERT's objective without next-sentence
+    prediction): one encoder of the discriminator's size with BERT's MLM head (dense -> GELU -> LayerNorm -> the
+    tied token embedding + bias), its loss at the masked positions from the fused head. The masking, the slots
+    and the data are ElectraPretrainer's; there is no generator and no RTD. `forward(input_ids,
+    attention_mask=None) -> MlmOutput`; `save_pretrained` writes the encoder as a Hugging Face ELECTRA masked LM,
+    which `electra-fast finetune` takes as it takes a discriminator."""
+
+    def __init__(self, model: Generator, *, mask_token_id: int, vocab_size: int, special_token_ids: Sequence[int] = (),
+                 pad_token_id: int = 0, mask_prob: float = 0.15, max_predictions: int | None = None):
+        super().__init__()
+        if not isinstance(model, Generator):
+            raise TypeError(f"model must be an electra_fast.models.Generator, got {type(model).__name__}")
+        check_max_predictions(max_predictions)
+        self.model = model
+        self.mask_token_id, self.vocab_size, self.pad_token_id = mask_token_id, vocab_size, pad_token_id
+        self.special_token_ids = tuple(special_token_ids)
+        self.mask_prob, self.max_predictions = mask_prob, max_predictions
+
+    @classmethod
+    def from_preset(cls, name: str, *, vocab_size: int, mask_token_id: int, pad_token_id: int = 0,
+                    special_token_ids: Sequence[int] = (), **overrides) -> "MlmPretrainer":
+        """The encoder of a preset's discriminator (overrides as for ElectraPretrainer.from_preset; those that
+        concern only ELECTRA, such as disc_weight, are refused)."""
+        pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in ("mask_prob", "max_predictions")}
+        _, config = preset_configs(name, vocab_size=vocab_size, **overrides)
+        return cls(Generator(config), mask_token_id=mask_token_id, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                   special_token_ids=special_token_ids, **pretrainer_args)
+
+    def compile_encoders(self, **compile_kwargs) -> "MlmPretrainer":
+        self.model.encoder.compile(**compile_kwargs)
+        return self
+
+    def save_pretrained(self, directory: str) -> None:
+        """The encoder and its MLM head as transformers' ElectraForMaskedLM (config.json + model.safetensors)."""
+        save_hugging_face(self.model, directory, pad_token_id=self.pad_token_id)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MlmOutput:
+        attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
+        positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
+        rows = _slot_rows(self.model.features(slots.masked_ids, attention_mask), positions)
+        # The fused head samples too (its cost is a few hundred ids per row); the sample is unused here.
+        loss, _, predicted = api.generator_loss_and_sample(
+            rows, self.model.output_weight, self.model.output_bias, targets,
+            seed=api.resolve_seed(None, input_ids.device), ignore_index=IGNORE_INDEX)
+        with torch.no_grad():
+            accuracy = ((predicted == targets) & valid).sum().float() / valid.sum().clamp_min(1)
+        return MlmOutput(loss, loss.detach(), accuracy)

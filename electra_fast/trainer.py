@@ -37,12 +37,15 @@ from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
 from .models import PRESETS
-from .pretrainer import ElectraPretrainer
+from .pretrainer import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 from .settings import set_value_checks
 
 # The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
 DEFAULT_LAYERS = 2
-METRICS = ("loss", "mlm_loss", "rtd_loss", "gen_accuracy", "disc_accuracy", "replaced_fraction")
+# ELECTRA; "ELECTRA 15%" (the paper's Table 5: the RTD loss at the masked positions only); BERT's masked LM.
+OBJECTIVES = ("electra", "electra-15", "mlm")
+_PROGRESS_NAMES = {"loss": "loss", "mlm_loss": "mlm", "rtd_loss": "rtd", "gen_accuracy": "gen_acc",
+                   "disc_accuracy": "disc_acc", "mlm_accuracy": "mlm_acc"}
 EXIT_BAD_INPUT = 2
 
 
@@ -51,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="token shards that `electra-fast prepare` wrote (memory-mapped); else --corpus is prepared "
                         "into OUT/data first")
     prepare.add_arguments(p, out_flag=False)
+    p.add_argument("--objective", default="electra", choices=OBJECTIVES,
+                   help="electra (default); electra-15: the RTD loss at the masked positions only (the paper's "
+                        "ablation); mlm: the masked-language-model baseline, one encoder of the discriminator's size "
+                        "(exported as an ELECTRA masked LM, which finetune takes too)")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--num-layers", type=int, default=DEFAULT_LAYERS,
                    help=f"encoder layers (default {DEFAULT_LAYERS}; the paper's small preset has 12)")
@@ -217,14 +224,9 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     tokens.verify(rank, dist.world)
 
     torch.manual_seed(args.seed)
-    model = ElectraPretrainer.from_preset(
-        args.preset, vocab_size=tokenizer.get_vocab_size(), mask_token_id=specials["[MASK]"],
-        pad_token_id=specials["[PAD]"],
-        special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]), **_model_overrides(args)
-    ).to(device)
-    step_flops = args.batch_size * args.grad_accum * dist.world * flops.electra_train_flops(
-        model.generator.encoder.config, model.discriminator.encoder.config, args.seq_len,
-        masked_fraction=model.mask_prob)
+    model = _build_model(args, tokenizer.get_vocab_size(), specials).to(device)
+    metric_names = _metric_names(model)
+    step_flops = args.batch_size * args.grad_accum * dist.world * _sequence_flops(model, args.seq_len)
     if args.max_flops is not None:
         args.steps = int(args.max_flops // step_flops)
         if args.steps < 1:
@@ -240,8 +242,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     if warmup is None:  # an extended run keeps the warm-up it had
         warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
     config = {
-        "model": {"generator": dataclasses.asdict(model.generator.encoder.config),
-                  "discriminator": dataclasses.asdict(model.discriminator.encoder.config)},
+        "objective": args.objective, "model": _model_configs(model),
         "tokenizer": data.tokenizer_fingerprint(tokenizer), "data": tokens.fingerprint,
         "valid_sequences": windows.valid,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
@@ -288,7 +289,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                   desc="pretrain") as bar:
             for step in bar:
                 torch.manual_seed(step_seed(args.seed, step, rank))
-                totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
+                totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist,
+                                                len(metric_names))
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -298,12 +300,13 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
                 totals = dist.mean(totals)
                 tokens_seen += totals[-1].item() * dist.world
-                metrics = dict(zip(METRICS, (totals[:-1] / args.grad_accum).tolist()))
+                metrics = dict(zip(metric_names, (totals[:-1] / args.grad_accum).tolist()))
                 tokens_per_s = tokens_seen / (time.perf_counter() - began)
                 done = step + 1
                 evaluated = windows.valid and eval_every and (done % eval_every == 0 or done == args.steps)
                 if evaluated:
-                    valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
+                    valid = _evaluate(model, metric_names, windows, args.batch_size, bf16, specials["[PAD]"],
+                                      dist)
                 if log is not None:
                     log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s, "flops": step_flops,
                                "total_flops": done * step_flops,
@@ -312,11 +315,10 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                     if rank == 0 and (done - 1) * step_flops < milestone <= done * step_flops:
                         _export(os.path.join(args.out, "exports", f"flops-{milestone:g}"), model, tokenizer,
                                 step=done, flops=done * step_flops)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", mlm=f"{metrics['mlm_loss']:.3f}",
-                                rtd=f"{metrics['rtd_loss']:.3f}", gen_acc=f"{metrics['gen_accuracy']:.3f}",
-                                disc_acc=f"{metrics['disc_accuracy']:.3f}", tok_s=f"{tokens_per_s:.0f}",
-                                **({"valid_mlm": f"{valid['mlm_loss']:.3f}", "valid_rtd": f"{valid['rtd_loss']:.3f}"}
-                                   if valid else {}))
+                bar.set_postfix({**{short: f"{metrics[name]:.3f}" for name, short in _PROGRESS_NAMES.items()
+                                    if name in metrics}, "tok_s": f"{tokens_per_s:.0f}",
+                                 **{f"valid_{short}": f"{valid[name]:.3f}" for name, short in _PROGRESS_NAMES.items()
+                                    if name.endswith("_loss") and name in valid}})
                 if done % args.save_every == 0 or done == args.steps:
                     _raise_if_corrupt(tokens, dist)  # no checkpoint of steps that read a corrupt shard
                     _save(args.out, done, model, optimizer, scheduler, consumed, config, args.keep, dist)
@@ -340,11 +342,11 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     return 0
 
 
-def _export(folder: str, model: ElectraPretrainer, tokenizer, *, step: int, flops: float) -> None:
-    """The discriminator in Hugging Face format with its tokenizer; its config.json records the pretraining step and
-    training FLOPs that made it."""
+def _export(folder: str, model: ElectraPretrainer | MlmPretrainer, tokenizer, *, step: int, flops: float) -> None:
+    """The discriminator (the MLM baseline's encoder) in Hugging Face format with its tokenizer; its config.json
+    records the pretraining step and training FLOPs that made it."""
     def fill(temporary):
-        model.save_discriminator(temporary)
+        model.save_pretrained(temporary)
         data.save_tokenizer(tokenizer, temporary)
         path = os.path.join(temporary, "config.json")
         with open(path) as f:
@@ -400,11 +402,11 @@ def _valid_sequences(args, tokens: data.TokenData) -> int:
 
 
 @torch.no_grad()
-def _evaluate(model: ElectraPretrainer, windows: data.Windows, batch_size: int, bf16: bool, pad_id: int,
-              dist: _Distributed) -> dict:
+def _evaluate(model: ElectraPretrainer | MlmPretrainer, metric_names: tuple[str, ...], windows: data.Windows,
+              batch_size: int, bf16: bool, pad_id: int, dist: _Distributed) -> dict:
     """Each metric averaged over the validation split (each rank its share), with dropout off and a fixed seed for
     the masking and sampling, so that validations compare across steps; leaves training's RNG state as it was."""
-    sums = torch.zeros(len(METRICS) + 1, device=dist.device, dtype=torch.float64)
+    sums = torch.zeros(len(metric_names) + 1, device=dist.device, dtype=torch.float64)
     mine = windows.validation(dist.rank, dist.world)
     was_training = model.training
     model.eval()
@@ -420,7 +422,7 @@ def _evaluate(model: ElectraPretrainer, windows: data.Windows, batch_size: int, 
     model.train(was_training)
     if dist.world > 1:
         torch.distributed.all_reduce(sums)
-    return dict(zip(METRICS, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
+    return dict(zip(metric_names, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
 
 
 def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
@@ -434,11 +436,12 @@ def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -
     return torch.compile(model, fullgraph=True) if compile else model
 
 
-def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,
-                          dist: _Distributed) -> torch.Tensor:
+def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int, dist: _Distributed,
+                          n_metrics: int) -> torch.Tensor:
     """Forward and backward of `grad_accum` micro-batches from `stream` (DDP all-reduces gradients on the last
-    only); returns float32 [len(METRICS) + 1]: each metric summed over the micro-batches, then the tokens seen."""
-    totals = torch.zeros(len(METRICS) + 1, device=dist.device)
+    only); returns float32 [n_metrics + 1]: each of the model's n_metrics outputs summed over the micro-batches,
+    then the tokens seen."""
+    totals = torch.zeros(n_metrics + 1, device=dist.device)
     for micro in range(grad_accum):
         batch = next(stream).to(dist.device)
         last = micro == grad_accum - 1
@@ -448,6 +451,36 @@ def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: 
             (out.loss / grad_accum).backward()
         totals += torch.stack([*(v.detach().float() for v in out), (batch != pad_id).sum().float()])
     return totals
+
+
+def _build_model(args, vocab_size: int, specials: dict) -> ElectraPretrainer | MlmPretrainer:
+    """The pretrainer of --objective from --preset and the size flags, with the tokenizer's special ids."""
+    kind = MlmPretrainer if args.objective == "mlm" else ElectraPretrainer
+    extra = {"rtd_tokens": "masked"} if args.objective == "electra-15" else {}
+    return kind.from_preset(args.preset, vocab_size=vocab_size, mask_token_id=specials["[MASK]"],
+                            pad_token_id=specials["[PAD]"],
+                            special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]),
+                            **_model_overrides(args), **extra)
+
+
+def _metric_names(model: ElectraPretrainer | MlmPretrainer) -> tuple[str, ...]:
+    """The names of what the model's forward returns, in order: what log.jsonl records each step."""
+    return (MlmOutput if isinstance(model, MlmPretrainer) else ElectraOutput)._fields
+
+
+def _model_configs(model: ElectraPretrainer | MlmPretrainer) -> dict:
+    if isinstance(model, MlmPretrainer):
+        return {"encoder": dataclasses.asdict(model.model.encoder.config)}
+    return {"generator": dataclasses.asdict(model.generator.encoder.config),
+            "discriminator": dataclasses.asdict(model.discriminator.encoder.config)}
+
+
+def _sequence_flops(model: ElectraPretrainer | MlmPretrainer, seq_len: int) -> float:
+    """Training FLOPs of one sequence as the paper counts them (electra_fast.flops)."""
+    if isinstance(model, MlmPretrainer):
+        return flops.encoder_train_flops(model.model.encoder.config, seq_len, masked_fraction=model.mask_prob)
+    return flops.electra_train_flops(model.generator.encoder.config, model.discriminator.encoder.config, seq_len,
+                                     masked_fraction=model.mask_prob)
 
 
 def _model_overrides(args) -> dict:
@@ -511,8 +544,9 @@ def _plot(log_path: str, png_path: str) -> None:
         return
     with open(log_path) as f:
         records = [json.loads(line) for line in f]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key in zip(axes, ("loss", "mlm_loss", "rtd_loss")):
+    keys = [key for key in ("loss", "mlm_loss", "rtd_loss") if key in records[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
+    for ax, key in zip(axes, keys):
         ax.plot([r["step"] for r in records], [r[key] for r in records])
         ax.set_title(key)
         ax.set_xlabel("step")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from electra_fast import checkpoint, data, trainer
+from electra_fast.pretrainer import ElectraOutput
 
 TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
         "--embedding-size", "16", "--seq-len", "24", "--batch-size", "2", "--vocab-size", "300"]
@@ -130,7 +131,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus, monkeypa
 
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [r["step"] for r in b] == list(range(1, 7))
-    for key in trainer.METRICS + ("lr",):
+    for key in ElectraOutput._fields + ("lr",):
         assert [r[key] for r in a] == [r[key] for r in b], key
     from safetensors.torch import load_file
 
@@ -322,9 +323,9 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
     assert _run(tmp_path / "b", corpus, "--steps", "4", "--valid-sequences", "5", "--eval-every", "0") == 0
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [sorted(k for k in r if k.startswith("valid_")) for r in a] == [[], [f"valid_{m}" for m in sorted(
-        trainer.METRICS)], [], [f"valid_{m}" for m in sorted(trainer.METRICS)]]
+        ElectraOutput._fields)], [], [f"valid_{m}" for m in sorted(ElectraOutput._fields)]]
     assert not any(k.startswith("valid_") for r in b for k in r)
-    for key in trainer.METRICS:
+    for key in ElectraOutput._fields:
         assert [r[key] for r in a] == [r[key] for r in b]
     assert a[1]["valid_mlm_loss"] != a[3]["valid_mlm_loss"]  # the model changed between the two validations
     assert _run(tmp_path / "c", corpus, "--steps", "2", "--valid-sequences", "5", "--eval-every", "2") == 0
@@ -366,10 +367,10 @@ def test_evaluation_leaves_the_random_state_and_the_mode_as_it_found_them(tmp_pa
     torch.manual_seed(3)
     torch.rand(1)
     before = torch.get_rng_state()
-    metrics = trainer._evaluate(model, windows, 2, False, 0, trainer._Distributed("cpu"))
+    metrics = trainer._evaluate(model, ElectraOutput._fields, windows, 2, False, 0, trainer._Distributed("cpu"))
     assert torch.equal(torch.get_rng_state(), before) and model.training
-    assert set(metrics) == set(trainer.METRICS) and metrics == trainer._evaluate(
-        model, windows, 2, False, 0, trainer._Distributed("cpu"))  # a fixed seed: the same masks every time
+    assert set(metrics) == set(ElectraOutput._fields) and metrics == trainer._evaluate(
+        model, ElectraOutput._fields, windows, 2, False, 0, trainer._Distributed("cpu"))  # a fixed seed: the same masks every time
 
 
 def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):

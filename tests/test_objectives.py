@@ -1,0 +1,207 @@
+"""The objectives ELECTRA is measured against: the masked-language-model baseline (MlmPretrainer, `pretrain
+--objective mlm`) and "ELECTRA 15%" (the RTD loss at the masked positions only), each against an independent
+eager computation on the same masks."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from electra_fast import ElectraPretrainer, MlmPretrainer, api, mask_token_slots
+from electra_fast.masking import IGNORE_INDEX
+
+V, MASK, CLS, SEP, PAD = 150, 3, 1, 2, 0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _batch(b=3, t=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (b, t), generator=g)
+    lengths = torch.tensor([t, t - 7, 9])[:b]
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+    ids[:, 0] = CLS
+    ids[torch.arange(b), lengths - 1] = SEP
+    ids[mask == 0] = PAD
+    return ids, mask
+
+
+SIZE = dict(num_layers=2, hidden_size=48, num_heads=2, intermediate_size=96, embedding_size=24,
+            max_position_embeddings=32, dropout=0.0)
+
+
+def _mlm():
+    torch.manual_seed(1)
+    return MlmPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, special_token_ids=(CLS, SEP), **SIZE)
+
+
+def _same_slots(model, ids, mask, seed):
+    """The slots the pretrainer drew with torch seeded to `seed` (masking is its first draw)."""
+    torch.manual_seed(seed)
+    return mask_token_slots(ids, mask, mask_token_id=MASK, mask_prob=model.mask_prob,
+                            special_token_ids=(CLS, SEP, PAD))
+
+
+def test_mlm_is_the_discriminator_sized_encoder_with_bert_head():
+    mlm = _mlm()
+    electra = ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, **SIZE)
+    assert mlm.model.encoder.config == electra.discriminator.encoder.config
+    assert mlm.model.output_weight is mlm.model.encoder.embeddings.word.weight  # tied, as BERT's
+
+
+def test_mlm_loss_and_gradients_equal_eager_cross_entropy_at_masked_positions():
+    mlm = _mlm()
+    ids, mask = _batch()
+    torch.manual_seed(7)
+    out = mlm(ids, mask)
+    out.loss.backward()
+    ours = {name: p.grad.clone() for name, p in mlm.named_parameters()}
+    mlm.zero_grad()
+
+    slots = _same_slots(mlm, ids, mask, 7)
+    valid = slots.valid.view(-1)
+    positions, targets = slots.positions.view(-1)[valid], slots.targets.view(-1)[valid]
+    assert valid.sum() > 3 and torch.equal(ids.view(-1)[positions], targets)
+    logits = mlm.model(slots.masked_ids, mask).view(-1, V)[positions]  # the full [B, T, V] logits, eagerly
+    truth = F.cross_entropy(logits.double(), targets)
+    truth.backward()
+    torch.testing.assert_close(out.loss.double(), truth, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.mlm_loss, out.loss.detach())
+    predicted = logits.argmax(-1)
+    assert out.mlm_accuracy.item() == pytest.approx((predicted == targets).float().mean().item())
+    for name, p in mlm.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_mlm_export_loads_as_hugging_face_masked_lm_and_for_finetuning(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from electra_fast.finetune.train import load_model
+
+    mlm = _mlm().eval()
+    with torch.no_grad():  # a trained-looking bias, so that the test sees whether it is written
+        mlm.model.output_bias.normal_()
+    mlm.save_pretrained(str(tmp_path))
+    hf = transformers.ElectraForMaskedLM.from_pretrained(str(tmp_path)).eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits, mlm.model(ids, mask), rtol=1e-5,
+                                   atol=1e-5)
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["architectures"] == ["ElectraForMaskedLM"]
+    # Fine-tuning takes it: every encoder weight comes from the file.
+    classifier = load_model(str(tmp_path), "classification", num_labels=3)
+    torch.testing.assert_close(classifier.electra.embeddings.word_embeddings.weight,
+                               mlm.model.encoder.embeddings.word.weight)
+
+
+def test_mlm_pretrainer_refuses_a_discriminator():
+    from electra_fast.models import Discriminator
+
+    electra = ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, **SIZE)
+    with pytest.raises(TypeError, match="model must be"):
+        MlmPretrainer(electra.discriminator, mask_token_id=MASK, vocab_size=V)
+    assert isinstance(electra.discriminator, Discriminator)
+
+
+def test_electra_15_counts_rtd_only_at_the_masked_positions(monkeypatch):
+    torch.manual_seed(2)
+    model = ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, special_token_ids=(CLS, SEP),
+                                          rtd_tokens="masked", **SIZE)
+    seen = {}
+    rtd_loss = api.rtd_loss
+
+    def spy(logits, is_replaced, weight):
+        seen.update(logits=logits.detach(), is_replaced=is_replaced)
+        return rtd_loss(logits, is_replaced, weight)
+
+    monkeypatch.setattr(api, "rtd_loss", spy)
+    ids, mask = _batch()
+    torch.manual_seed(11)
+    out = model(ids, mask)
+    slots = _same_slots(model, ids, mask, 11)
+    positions = slots.positions.view(-1)[slots.valid.view(-1)]
+    logits, labels = seen["logits"].view(-1)[positions], seen["is_replaced"].view(-1)[positions].double()
+    truth = F.binary_cross_entropy_with_logits(logits.double(), labels)
+    torch.testing.assert_close(out.rtd_loss.double(), truth, rtol=1e-5, atol=0)
+    assert out.disc_accuracy.item() == pytest.approx(((logits > 0).double() == labels).double().mean().item())
+    # "all" counts every attended token instead: a different loss on the same draw.
+    model.rtd_tokens = "all"
+    torch.manual_seed(11)
+    everywhere = model(ids, mask)
+    attended = mask.view(-1).bool()
+    truth_all = F.binary_cross_entropy_with_logits(seen["logits"].view(-1)[attended].double(),
+                                                   seen["is_replaced"].view(-1)[attended].double())
+    torch.testing.assert_close(everywhere.rtd_loss.double(), truth_all, rtol=1e-5, atol=0)
+    assert abs(everywhere.rtd_loss.item() - out.rtd_loss.item()) > 1e-4
+    with pytest.raises(ValueError, match="rtd_tokens"):
+        ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, rtd_tokens="some", **SIZE)
+
+
+def test_unused_slot_on_token_zero_does_not_erase_a_masked_token_zero():
+    """Unused slots read token 0 with weight 0; a masked token 0 must keep its weight 1 (accumulated)."""
+    ids = torch.tensor([[7, 8, 9, 10, 11, 12, 13, 14]])
+    torch.manual_seed(0)
+    model = ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, rtd_tokens="masked",
+                                          max_predictions=5, **SIZE)
+    for seed in range(40):  # until token 0 is masked
+        torch.manual_seed(seed)
+        slots = mask_token_slots(ids, None, mask_token_id=MASK, mask_prob=0.15, max_predictions=5)
+        if slots.positions[0, 0] == 0:
+            break
+    assert slots.positions[0, 0] == 0 and not slots.valid.all()
+    seen = {}
+    rtd_loss = api.rtd_loss
+
+    def spy(logits, is_replaced, weight):
+        seen["weight"] = weight
+        return rtd_loss(logits, is_replaced, weight)
+
+    api_rtd, api.rtd_loss = api.rtd_loss, spy
+    try:
+        torch.manual_seed(seed)
+        model(ids)
+    finally:
+        api.rtd_loss = api_rtd
+    assert seen["weight"].view(-1).tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_rtd_vs_mlm_smoke_runs_every_objective(tmp_path):
+    """bench/rtd_vs_mlm.py --preset smoke: two points per objective, one seed, its figure and table."""
+    pytest.importorskip("transformers")
+    from pydoc_data import topics
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(line for text in list(topics.topics.values())[:60] for line in text.splitlines()
+                                if line.strip()))
+    task = tmp_path / "task"
+    task.mkdir()
+    names = sorted(topics.topics)[:3]  # label: which help topic a line comes from
+    lines = [(line.strip().replace("\t", " "), name) for name in names for line in topics.topics[name].splitlines()
+             if len(line.split()) > 3]
+    for split, part in (("train.tsv", lines[0::2]), ("validation.tsv", lines[1::2])):
+        (task / split).write_text("text\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in part))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "rtd_vs_mlm.py"), "--preset", "smoke",
+                          "--corpus", str(corpus), "--task-dir", str(task), "--out", str(out)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    points = results["points"]
+    for objective in ("electra", "mlm", "electra-15"):
+        mine = sorted((p for p in points if p["objective"] == objective), key=lambda p: p["flops"])
+        assert len(mine) == 2 and 0 < mine[0]["flops"] < mine[1]["flops"] <= 3e8
+        assert mine[0]["flops"] >= 1.5e8 and 0 < mine[0]["step"] < mine[1]["step"]
+        assert all(0 <= p["median"]["accuracy"] <= 1 and len(p["runs"]) == 1 for p in mine)
+        assert results["pretraining"][objective]["total_flops"] == mine[1]["flops"]
+    # Equal compute: MLM's cheaper steps buy it more of them.
+    last = {p["objective"]: p for p in points if p["flops"] > 1.5e8 or p["objective"] == "from-scratch"}
+    assert last["mlm"]["step"] > last["electra"]["step"] == last["electra-15"]["step"]
+    assert [p["flops"] for p in points if p["objective"] == "from-scratch"] == [0.0]
+    with open(os.path.join(last["mlm"]["model"], "config.json")) as f:
+        assert json.load(f)["architectures"] == ["ElectraForMaskedLM"]
+    assert "| mlm |" in run.stdout and "| from-scratch |" in run.stdout
+    pytest.importorskip("matplotlib")
+    assert (out / "results.png").stat().st_size > 1000
