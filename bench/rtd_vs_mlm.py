@@ -172,6 +172,22 @@ def pretraining_summary(args) -> dict:
     return summary
 
 
+def pretraining_table(summary: dict) -> str:
+    """One row per objective: its run's steps, FLOPs, speed and last losses (validation where logged)."""
+    rows = ["| objective | steps | FLOPs | tokens/s | loss | MLM loss | RTD loss | gen./MLM accuracy | disc. accuracy "
+            "| replaced | valid MLM loss | valid RTD loss |", "|---|" + "---|" * 11]
+    for objective, last in summary.items():
+        def cell(key):
+            return f"{last[key]:.3f}" if key in last else "–"
+
+        accuracy = cell("gen_accuracy") if "gen_accuracy" in last else cell("mlm_accuracy")
+        rows.append(f"| {objective} | {last['step']} | {last['total_flops']:.3g} | {last['tokens_per_s']:,.0f} | "
+                    f"{cell('loss')} | {cell('mlm_loss')} | {cell('rtd_loss')} | {accuracy} | "
+                    f"{cell('disc_accuracy')} | {cell('replaced_fraction')} | {cell('valid_mlm_loss')} | "
+                    f"{cell('valid_rtd_loss')} |")
+    return "\n".join(rows)
+
+
 def table(records: list[dict], metric: str) -> str:
     rows = ["| objective | pretraining FLOPs | step | " + " | ".join(f"seed {r['seed']}" for r in records[0]["runs"])
             + f" | {metric} median (min–max) |", "|---|---|---|" + "---|" * (len(records[0]["runs"]) + 1)]
@@ -282,6 +298,7 @@ def main() -> None:
     title = (f"{args.preset} preset: {args.seeds} fine-tuning seeds per point; "
              f"budget {preset['max_flops']:.2g} FLOPs")
     plotted = plot(records, metric, os.path.join(args.out, "results.png"), title)
+    print(pretraining_table(results["pretraining"]) + "\n")
     print(table(records, metric))
     print(f"\n{finished - began:.0f} s in all ({prepared - began:.0f} s data); results.json"
           + (", results.png" if plotted else " (no plot: matplotlib is missing)") + f" in {args.out}")

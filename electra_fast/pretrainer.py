@@ -1,4 +1,5 @@
-"""`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2).
+"""`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2); `MlmPretrainer`: the masked-language-model
+baseline it is measured against, on the same masking and fused head.
 
 mask_token_slots -> generator up to its head's hidden states -> the B·P masked slots -> fused head (MLM loss,
 sample, argmax; unused slots ignored) -> REPLACE of the valid slots into a copy of the original ids ->

@@ -1,4 +1,5 @@
-"""`electra-fast pretrain`: ELECTRA pretraining on a text corpus, on one process or many (torchrun, DDP).
+"""`electra-fast pretrain`: ELECTRA pretraining on a text corpus, on one process or many (torchrun, DDP); with
+`--objective` also the paper's "ELECTRA 15%" ablation or the masked-language-model baseline.
 
 Data: token shards that `electra-fast prepare` wrote (`--data`), memory-mapped, or `--corpus` prepared into
 OUT/data first (electra_fast.prepare; by default the help topics that ship with Python). Windows of `--seq-len`
@@ -305,8 +306,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                 done = step + 1
                 evaluated = windows.valid and eval_every and (done % eval_every == 0 or done == args.steps)
                 if evaluated:
-                    valid = _evaluate(model, metric_names, windows, args.batch_size, bf16, specials["[PAD]"],
-                                      dist)
+                    valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
                 if log is not None:
                     log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s, "flops": step_flops,
                                "total_flops": done * step_flops,
@@ -402,10 +402,11 @@ def _valid_sequences(args, tokens: data.TokenData) -> int:
 
 
 @torch.no_grad()
-def _evaluate(model: ElectraPretrainer | MlmPretrainer, metric_names: tuple[str, ...], windows: data.Windows,
-              batch_size: int, bf16: bool, pad_id: int, dist: _Distributed) -> dict:
+def _evaluate(model: ElectraPretrainer | MlmPretrainer, windows: data.Windows, batch_size: int, bf16: bool,
+              pad_id: int, dist: _Distributed) -> dict:
     """Each metric averaged over the validation split (each rank its share), with dropout off and a fixed seed for
     the masking and sampling, so that validations compare across steps; leaves training's RNG state as it was."""
+    metric_names = _metric_names(model)
     sums = torch.zeros(len(metric_names) + 1, device=dist.device, dtype=torch.float64)
     mine = windows.validation(dist.rank, dist.world)
     was_training = model.training

@@ -13,7 +13,19 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import electra_fast
-from test_pretrainer import _batch, _builtin, _hugging_face
+from test_pretrainer import CLS, MASK, SEP, V, _batch, _builtin, _hugging_face
+
+
+def _electra_15(**kw):
+    return _builtin(rtd_tokens="masked", **kw)
+
+
+def _mlm():
+    torch.manual_seed(0)
+    return electra_fast.MlmPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK,
+                                                  special_token_ids=(CLS, SEP), num_layers=2, hidden_size=64,
+                                                  num_heads=2, intermediate_size=128, embedding_size=32,
+                                                  max_position_embeddings=64, dropout=0.0)
 
 
 @contextlib.contextmanager
@@ -26,7 +38,7 @@ def value_checks(enabled: bool):
         electra_fast.set_value_checks(True)
 
 
-@pytest.mark.parametrize("make", [_builtin, _hugging_face])
+@pytest.mark.parametrize("make", [_builtin, _hugging_face, _electra_15, _mlm])
 def test_step_is_one_graph(make):
     torch._dynamo.reset()
     model = make()
@@ -56,20 +68,31 @@ def _train(step, model, steps=2):
                                                      (_hugging_face, "mle", False),
                                                      (_hugging_face, "adversarial", True)])
 def test_compiled_steps_equal_eager(make, objective, checks):
-    torch._dynamo.reset()
     eager = make(generator_objective=objective)
-    compiled = copy.deepcopy(eager)
     with value_checks(checks):
-        want, want_params = _train(eager, eager)
-        got, got_params = _train(torch.compile(compiled, fullgraph=True, backend="aot_eager"), compiled)
+        compiled = _assert_compiled_equals_eager(eager)
+    assert torch.allclose(compiled.reward_baseline, eager.reward_baseline)
+
+
+@pytest.mark.parametrize("make", [_electra_15, _mlm])
+def test_compiled_baseline_objectives_equal_eager(make):
+    _assert_compiled_equals_eager(make())
+
+
+def _assert_compiled_equals_eager(eager):
+    """Two training steps of a copy of `eager` compiled as one graph give its outputs, gradients and weights;
+    returns the compiled copy."""
+    torch._dynamo.reset()
+    compiled = copy.deepcopy(eager)
+    want, want_params = _train(eager, eager)
+    got, got_params = _train(torch.compile(compiled, fullgraph=True, backend="aot_eager"), compiled)
     for (want_out, want_grads), (got_out, got_grads) in zip(want, got):
         assert torch.allclose(got_out, want_out, rtol=1e-5, atol=1e-6)
-        assert len(got_grads) == len(want_grads)
-        for g, w in zip(got_grads, want_grads):
+        for g, w in zip(got_grads, want_grads, strict=True):
             assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
-    for g, w in zip(got_params, want_params):
+    for g, w in zip(got_params, want_params, strict=True):
         assert torch.allclose(g, w, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(compiled.reward_baseline, eager.reward_baseline)
+    return compiled
 
 
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),

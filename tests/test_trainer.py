@@ -367,10 +367,10 @@ def test_evaluation_leaves_the_random_state_and_the_mode_as_it_found_them(tmp_pa
     torch.manual_seed(3)
     torch.rand(1)
     before = torch.get_rng_state()
-    metrics = trainer._evaluate(model, ElectraOutput._fields, windows, 2, False, 0, trainer._Distributed("cpu"))
+    metrics = trainer._evaluate(model, windows, 2, False, 0, trainer._Distributed("cpu"))
     assert torch.equal(torch.get_rng_state(), before) and model.training
     assert set(metrics) == set(ElectraOutput._fields) and metrics == trainer._evaluate(
-        model, ElectraOutput._fields, windows, 2, False, 0, trainer._Distributed("cpu"))  # a fixed seed: the same masks every time
+        model, windows, 2, False, 0, trainer._Distributed("cpu"))  # a fixed seed: the same masks every time
 
 
 def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
@@ -418,3 +418,21 @@ def test_two_processes_through_torchrun(tmp_path, corpus):
     assert checkpoint.latest(tmp_path / "ddp").endswith("step-00000002")
     assert "step 2: loss" in run.stdout
     assert [r["step"] for r in _log(tmp_path / "ddp")] == [1, 2]
+
+
+def test_mlm_objective_counts_its_own_flops_logs_its_metrics_and_resumes_only_as_mlm(tmp_path, corpus, capsys):
+    from electra_fast import flops
+    from electra_fast.models import EncoderConfig
+
+    assert _run(tmp_path, corpus, "--objective", "mlm", "--steps", "2") == 0
+    config = checkpoint.read_manifest(checkpoint.latest(tmp_path))["config"]
+    assert config["objective"] == "mlm" and set(config["model"]) == {"encoder"}
+    per_step = 2 * flops.encoder_train_flops(EncoderConfig(**config["model"]["encoder"]), 24, masked_fraction=0.15)
+    log = _log(tmp_path)
+    assert [r["flops"] for r in log] == [per_step, per_step]
+    assert {"loss", "mlm_loss", "mlm_accuracy"} <= set(log[-1]) and "rtd_loss" not in log[-1]
+    exported = json.loads((tmp_path / "discriminator" / "config.json").read_text())
+    assert exported["architectures"] == ["ElectraForMaskedLM"] and exported["pretraining_flops"] == 2 * per_step
+    capsys.readouterr()
+    assert _run(tmp_path, corpus, "--objective", "electra", "--steps", "3", "--resume") == 2
+    assert "objective" in capsys.readouterr().err
