@@ -182,12 +182,13 @@ _HF_LAYER = {"attn_out": "attention.output.dense", "attn_norm": "attention.outpu
 _HF_QKV = ("query", "key", "value")
 # Per model class: its transformers architecture and the names of its head's parameters there.
 _HF_HEADS = {
-    "Discriminator": ("ElectraForPreTraining", {"dense": "discriminator_predictions.dense",
-                                                "out": "discriminator_predictions.dense_prediction"}),
-    "Generator": ("ElectraForMaskedLM", {"dense": "generator_predictions.dense",
-                                         "norm": "generator_predictions.LayerNorm",
-                                         "output_bias": "generator_lm_head.bias"}),
+    Discriminator: ("ElectraForPreTraining", {"dense": "discriminator_predictions.dense",
+                                              "out": "discriminator_predictions.dense_prediction"}),
+    Generator: ("ElectraForMaskedLM", {"dense": "generator_predictions.dense",
+                                       "norm": "generator_predictions.LayerNorm",
+                                       "output_bias": "generator_lm_head.bias"}),
 }
+_ARCHITECTURES = {architecture: kind for kind, (architecture, _) in _HF_HEADS.items()}
 
 
 def _hf_names(name: str, head: dict[str, str]) -> list[str]:
@@ -234,7 +235,7 @@ def encoder_config_from_hugging_face(config: dict) -> EncoderConfig:
 def to_hugging_face(model: Discriminator | Generator) -> dict[str, torch.Tensor]:
     """The model's weights under transformers' ElectraForPreTraining / ElectraForMaskedLM names, q/k/v split;
     contiguous copies that share no memory (safetensors' requirement)."""
-    head = _HF_HEADS[type(model).__name__][1]
+    head = _HF_HEADS[type(model)][1]
     state = {}
     for name, tensor in model.state_dict().items():
         names = _hf_names(name, head)
@@ -243,14 +244,16 @@ def to_hugging_face(model: Discriminator | Generator) -> dict[str, torch.Tensor]
     return state
 
 
-def discriminator_from_hugging_face(config: dict, state: dict[str, torch.Tensor]) -> Discriminator:
-    """A built-in Discriminator from a transformers ElectraForPreTraining config.json dict and its weights.
-    Raises KeyError naming a missing weight."""
-    discriminator = Discriminator(encoder_config_from_hugging_face(config))
-    head = _HF_HEADS["Discriminator"][1]
-    own = {name: torch.cat([state[hf] for hf in _hf_names(name, head)]) for name in discriminator.state_dict()}
-    discriminator.load_state_dict(own)
-    return discriminator
+def from_hugging_face(config: dict, state: dict[str, torch.Tensor]) -> Discriminator | Generator:
+    """A built-in Discriminator (config.json's architecture ElectraForPreTraining, or none named) or Generator
+    (ElectraForMaskedLM) from a transformers ELECTRA config.json dict and its weights. Raises KeyError naming a
+    missing weight."""
+    kind = _ARCHITECTURES.get((config.get("architectures") or ["ElectraForPreTraining"])[0], Discriminator)
+    model = kind(encoder_config_from_hugging_face(config))
+    head = _HF_HEADS[kind][1]
+    model.load_state_dict({name: torch.cat([state[hf] for hf in _hf_names(name, head)])
+                           for name in model.state_dict()})
+    return model
 
 
 def save_hugging_face(model: Discriminator | Generator, directory: str, **config_extra) -> None:
@@ -261,20 +264,21 @@ def save_hugging_face(model: Discriminator | Generator, directory: str, **config
 
     os.makedirs(directory, exist_ok=True)
     save_file(to_hugging_face(model), os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    architecture = _HF_HEADS[type(model).__name__][0]
+    architecture = _HF_HEADS[type(model)][0]
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hugging_face_config(model.encoder.config, architecture, **config_extra), f, indent=2)
 
 
-def load_hugging_face_discriminator(directory: str) -> Discriminator:
-    """The built-in Discriminator of a transformers ElectraForPreTraining folder (config.json +
-    model.safetensors), whether saved by `save_hugging_face` or by transformers itself."""
+def load_hugging_face(directory: str) -> Discriminator | Generator:
+    """The built-in Discriminator or Generator of a transformers ElectraForPreTraining or ElectraForMaskedLM
+    folder (config.json + model.safetensors), whether saved by `save_hugging_face` or by transformers itself."""
     from safetensors.torch import load_file
 
     with open(os.path.join(directory, "config.json")) as f:
         config = json.load(f)
     state = load_file(os.path.join(directory, "model.safetensors"))
     try:
-        return discriminator_from_hugging_face(config, state)
+        return from_hugging_face(config, state)
     except KeyError as e:
-        raise ValueError(f"{directory}/model.safetensors is not an ELECTRA discriminator: it lacks {e}") from None
+        kind = "masked LM" if "ElectraForMaskedLM" in config.get("architectures", ()) else "discriminator"
+        raise ValueError(f"{directory}/model.safetensors is not an ELECTRA {kind}: it lacks {e}") from None

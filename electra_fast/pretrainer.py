@@ -19,7 +19,7 @@ from . import api
 from .masking import IGNORE_INDEX, check_max_predictions, mask_token_slots
 from .models import Discriminator, Generator, preset_configs, save_hugging_face
 
-OBJECTIVES = ("mle", "adversarial")
+GENERATOR_OBJECTIVES = ("mle", "adversarial")
 RTD_TOKENS = ("all", "masked")
 
 
@@ -130,8 +130,9 @@ class ElectraPretrainer(nn.Module):
                  disallow_correct: bool = False, tie_embeddings: bool = True, generator_objective: str = "mle",
                  baseline_momentum: float = 0.99, max_predictions: int | None = None, rtd_tokens: str = "all"):
         super().__init__()
-        if generator_objective not in OBJECTIVES:
-            raise ValueError(f"generator_objective must be one of {OBJECTIVES}, got {generator_objective!r}")
+        if generator_objective not in GENERATOR_OBJECTIVES:
+            raise ValueError(f"generator_objective must be one of {GENERATOR_OBJECTIVES}, got "
+                             f"{generator_objective!r}")
         if rtd_tokens not in RTD_TOKENS:
             raise ValueError(f"rtd_tokens must be one of {RTD_TOKENS}, got {rtd_tokens!r}")
         check_max_predictions(max_predictions)
@@ -192,8 +193,9 @@ class ElectraPretrainer(nn.Module):
         rtd_weight = attention_mask
         if self.rtd_tokens == "masked":
             # Accumulated, so that unused slots (clamped onto token 0 with weight 0) cannot erase a valid slot's 1.
-            rtd_weight = torch.zeros_like(attention_mask).view(-1).index_put_(
-                (positions.clamp_min(0),), valid.long(), accumulate=True).view_as(attention_mask)
+            rtd_weight = torch.zeros(attention_mask.numel(), dtype=torch.long, device=attention_mask.device
+                                     ).index_put_((positions.clamp_min(0),), valid.long(), accumulate=True
+                                                  ).view(attention_mask.shape)
         rtd = api.rtd_loss(disc_logits, is_replaced, rtd_weight)
 
         gen_objective = mlm_loss
@@ -279,8 +281,9 @@ class MlmPretrainer(nn.Module):
     @classmethod
     def from_preset(cls, name: str, *, vocab_size: int, mask_token_id: int, pad_token_id: int = 0,
                     special_token_ids: Sequence[int] = (), **overrides) -> "MlmPretrainer":
-        """The encoder of a preset's discriminator (overrides as for ElectraPretrainer.from_preset; those that
-        concern only ELECTRA, such as disc_weight, are refused)."""
+        """The encoder of a preset's discriminator. Overrides change the preset as for ElectraPretrainer.from_preset
+        (generator_fraction has no effect), or set mask_prob / max_predictions; ELECTRA's own arguments
+        (disc_weight, temperature, ...) are refused as unknown."""
         pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in ("mask_prob", "max_predictions")}
         _, config = preset_configs(name, vocab_size=vocab_size, **overrides)
         return cls(Generator(config), mask_token_id=mask_token_id, vocab_size=vocab_size, pad_token_id=pad_token_id,

@@ -80,8 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a compute budget: train for as many steps as it pays for (replaces --steps), FLOPs counted "
                         "as the ELECTRA paper counts them (electra_fast.flops)")
     p.add_argument("--export-at-flops", type=float, nargs="+", default=(), metavar="FLOPS",
-                   help="also export the discriminator when the run's training FLOPs first reach each of these, to "
-                        "OUT/exports/flops-X/ (its config.json records the FLOPs and step)")
+                   help="also export the discriminator (with --objective mlm: the encoder) when the run's training "
+                        "FLOPs first reach each of these, to OUT/exports/flops-X/ (its config.json records the FLOPs "
+                        "and step)")
     p.add_argument("--valid-sequences", type=int, default=None,
                    help="sequences held out for validation (default: 1%% of the data, at most 1,000)")
     p.add_argument("--valid-fraction", type=float, default=None, help="or this share of the data")
@@ -243,7 +244,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     if warmup is None:  # an extended run keeps the warm-up it had
         warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
     config = {
-        "objective": args.objective, "model": _model_configs(model),
+        # Written only when not ELECTRA, so that runs from before --objective existed still resume.
+        **({"objective": args.objective} if args.objective != "electra" else {}), "model": _model_configs(model),
         "tokenizer": data.tokenizer_fingerprint(tokenizer), "data": tokens.fingerprint,
         "valid_sequences": windows.valid,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
@@ -290,8 +292,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                   desc="pretrain") as bar:
             for step in bar:
                 torch.manual_seed(step_seed(args.seed, step, rank))
-                totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist,
-                                                len(metric_names))
+                totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -338,7 +339,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         if metrics is not None:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + "".join(f" valid_{k} {v:.4f}" for k, v in valid.items())
-                  + f" | {tokens_per_s:.0f} tokens/s | discriminator: {export}")
+                  + f" | {tokens_per_s:.0f} tokens/s | {'encoder' if args.objective == 'mlm' else 'discriminator'}: "
+                  f"{export}")
     return 0
 
 
@@ -426,7 +428,7 @@ def _evaluate(model: ElectraPretrainer | MlmPretrainer, windows: data.Windows, b
     return dict(zip(metric_names, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
 
 
-def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
+def _step_model(model: ElectraPretrainer | MlmPretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
     """What each micro-batch calls: the pretrainer itself, or its whole step (the forward, and the backward
     AOTAutograd derives from it) compiled as one graph; with cuda_graphs also captured as CUDA graphs and
     replayed (torch.compile's "reduce-overhead"), with the value checks off: each would be a host sync inside the
@@ -437,12 +439,12 @@ def _step_model(model: ElectraPretrainer, *, compile: bool, cuda_graphs: bool) -
     return torch.compile(model, fullgraph=True) if compile else model
 
 
-def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int, dist: _Distributed,
-                          n_metrics: int) -> torch.Tensor:
+def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,
+                          dist: _Distributed) -> torch.Tensor:
     """Forward and backward of `grad_accum` micro-batches from `stream` (DDP all-reduces gradients on the last
-    only); returns float32 [n_metrics + 1]: each of the model's n_metrics outputs summed over the micro-batches,
-    then the tokens seen."""
-    totals = torch.zeros(n_metrics + 1, device=dist.device)
+    only); returns float32 [outputs + 1]: each of the model's outputs summed over the micro-batches, then the
+    tokens seen."""
+    totals = 0
     for micro in range(grad_accum):
         batch = next(stream).to(dist.device)
         last = micro == grad_accum - 1
@@ -545,9 +547,12 @@ def _plot(log_path: str, png_path: str) -> None:
         return
     with open(log_path) as f:
         records = [json.loads(line) for line in f]
-    keys = [key for key in ("loss", "mlm_loss", "rtd_loss") if key in records[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
-    for ax, key in zip(axes, keys):
+    if not records:
+        return
+    # The MLM baseline's loss is its MLM loss: one panel.
+    keys = ("loss", "mlm_loss", "rtd_loss") if "rtd_loss" in records[0] else ("loss",)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         ax.plot([r["step"] for r in records], [r[key] for r in records])
         ax.set_title(key)
         ax.set_xlabel("step")

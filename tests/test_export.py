@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from electra_fast import ElectraPretrainer
-from electra_fast.models import load_hugging_face_discriminator
+from electra_fast.models import load_hugging_face
 
 V, PAD, CLS, SEP, MASK = 97, 0, 2, 3, 4
 
@@ -56,7 +56,7 @@ def test_transformers_loads_the_export_and_gives_the_same_logits(tmp_path, embed
 def test_export_loads_back_into_the_built_in_discriminator_exactly(tmp_path):
     model = _trained_model(32)
     model.save_discriminator(str(tmp_path))
-    loaded = load_hugging_face_discriminator(str(tmp_path))
+    loaded = load_hugging_face(str(tmp_path))
     original = model.discriminator.state_dict()
     assert loaded.state_dict().keys() == original.keys()
     assert all(torch.equal(v, original[k]) for k, v in loaded.state_dict().items())
@@ -69,4 +69,4 @@ def test_a_folder_without_discriminator_weights_is_refused(tmp_path):
     model.save_discriminator(str(tmp_path))
     save_file({"unrelated": torch.zeros(2)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="not an ELECTRA discriminator: it lacks 'electra.embeddings"):
-        load_hugging_face_discriminator(str(tmp_path))
+        load_hugging_face(str(tmp_path))

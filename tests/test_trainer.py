@@ -427,6 +427,7 @@ def test_mlm_objective_counts_its_own_flops_logs_its_metrics_and_resumes_only_as
     assert _run(tmp_path, corpus, "--objective", "mlm", "--steps", "2") == 0
     config = checkpoint.read_manifest(checkpoint.latest(tmp_path))["config"]
     assert config["objective"] == "mlm" and set(config["model"]) == {"encoder"}
+    assert config["model"]["encoder"]["hidden_size"] == 32  # TINY's discriminator width, not its generator's
     per_step = 2 * flops.encoder_train_flops(EncoderConfig(**config["model"]["encoder"]), 24, masked_fraction=0.15)
     log = _log(tmp_path)
     assert [r["flops"] for r in log] == [per_step, per_step]

@@ -11,7 +11,7 @@ classification and regression, token classification (named entities) or extracti
 """
 from __future__ import annotations
 
-from ..models import Encoder, load_hugging_face_discriminator
+from ..models import Encoder, load_hugging_face
 from .data import FinetuneDataError
 from .train import TASKS, FinetuneOptions, finetune, layerwise_parameter_groups, load_model, load_tokenizer
 
@@ -20,6 +20,6 @@ __all__ = ["FinetuneDataError", "FinetuneOptions", "TASKS", "finetune", "layerwi
 
 
 def load_discriminator_encoder(directory: str) -> Encoder:
-    """The built-in encoder of a Hugging Face ELECTRA discriminator folder (`config.json` +
-    `model.safetensors`), as `ElectraPretrainer.save_discriminator` writes it for either kind of model."""
-    return load_hugging_face_discriminator(directory).encoder
+    """The built-in encoder of a Hugging Face ELECTRA discriminator or masked-LM folder (`config.json` +
+    `model.safetensors`), as `electra-fast pretrain` exports it for every objective and either kind of model."""
+    return load_hugging_face(directory).encoder
