@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from . import checkpoint, data, flops, prepare
+from . import checkpoint, data, flops, hf_encoders, prepare
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intermediate-size", type=int, default=None, help="override the preset's feed-forward size")
     p.add_argument("--embedding-size", type=int, default=None, help="override the preset's embedding size")
     p.add_argument("--max-positions", type=int, default=512, help="the model's position embeddings")
+    hf_encoders.add_arguments(p)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process and micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -117,6 +118,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--hidden-size {args.hidden_size} must be a multiple of --num-heads {args.num_heads}")
     if args.valid_sequences is not None and args.valid_fraction is not None:
         raise DataError("--valid-sequences and --valid-fraction: give one of them")
+    if args.generator and not args.discriminator:
+        raise DataError("--generator needs --discriminator (the built-in ELECTRA pair comes from --preset)")
     if args.data and args.corpus:
         raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
     if args.seq_len > args.max_positions:
@@ -217,14 +220,19 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     tokens.verify(rank, dist.world)
 
     torch.manual_seed(args.seed)
-    model = ElectraPretrainer.from_preset(
-        args.preset, vocab_size=tokenizer.get_vocab_size(), mask_token_id=specials["[MASK]"],
-        pad_token_id=specials["[PAD]"],
-        special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]), **_model_overrides(args)
-    ).to(device)
+    model_ids = dict(vocab_size=tokenizer.get_vocab_size(), mask_token_id=specials["[MASK]"],
+                     pad_token_id=specials["[PAD]"],
+                     special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]))
+    if args.discriminator:
+        model = hf_encoders.pretrainer_from_arguments(args, **model_ids).to(device)
+        counted = [hf_encoders.encoder_config(m.config) for m in (model.generator, model.discriminator)]
+        model_config = hf_encoders.describe(model)
+    else:
+        model = ElectraPretrainer.from_preset(args.preset, **model_ids, **_model_overrides(args)).to(device)
+        counted = [model.generator.encoder.config, model.discriminator.encoder.config]
+        model_config = {name: dataclasses.asdict(c) for name, c in zip(("generator", "discriminator"), counted)}
     step_flops = args.batch_size * args.grad_accum * dist.world * flops.electra_train_flops(
-        model.generator.encoder.config, model.discriminator.encoder.config, args.seq_len,
-        masked_fraction=model.mask_prob)
+        *counted, args.seq_len, masked_fraction=model.mask_prob)
     if args.max_flops is not None:
         args.steps = int(args.max_flops // step_flops)
         if args.steps < 1:
@@ -240,8 +248,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     if warmup is None:  # an extended run keeps the warm-up it had
         warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
     config = {
-        "model": {"generator": dataclasses.asdict(model.generator.encoder.config),
-                  "discriminator": dataclasses.asdict(model.discriminator.encoder.config)},
+        "model": model_config,
         "tokenizer": data.tokenizer_fingerprint(tokenizer), "data": tokens.fingerprint,
         "valid_sequences": windows.valid,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
