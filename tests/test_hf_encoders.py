@@ -326,3 +326,30 @@ def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_
     # another sharing mode is another configuration: refused on resume
     assert _pretrain(tmp_path / "a", roberta_corpus, "--discriminator", "roberta", "--generator", "deberta-v2",
                      "--resume") == 2
+
+
+@pytest.mark.parametrize("name", ["modernbert", "deberta-v3"])
+def test_finetune_takes_the_exported_folder(tmp_path, roberta_corpus, name):
+    """The export of a family without BERT's segment embeddings, with a RoBERTa-style tokenizer, fine-tunes."""
+    import io
+
+    from electra_fast import data
+    from electra_fast.finetune import FinetuneOptions, finetune
+
+    tokenizer = data.load_tokenizer(roberta_corpus[1])
+    specials = data.special_ids(tokenizer)
+    torch.manual_seed(0)
+    model = ElectraPretrainer.from_hugging_face(
+        FAMILIES[name][0], vocab_size=tokenizer.get_vocab_size(), mask_token_id=specials["[MASK]"],
+        pad_token_id=specials["[PAD]"], embedding_sharing="gdes", **{**SIZES, **FAMILIES[name][1]})
+    folder = tmp_path / "discriminator"
+    model.save_discriminator(str(folder))
+    data.save_tokenizer(tokenizer, str(folder))
+    rows = [("the cat sat", 0), ("a dog ran far", 1)] * 8
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    results = finetune(FinetuneOptions(model=str(folder), task="classification", train=str(tmp_path / "train.tsv"),
+                                       validation=str(tmp_path / "dev.tsv"), text_columns=["sentence"],
+                                       out=str(tmp_path / "out"), epochs=1, batch_size=8, progress=False,
+                                       log=io.StringIO()))
+    assert 0 <= results["median"]["accuracy"] <= 1
