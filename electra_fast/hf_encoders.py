@@ -307,22 +307,23 @@ def build_models(discriminator, generator=None, *, vocab_size: int, pad_token_id
     ValueError when a model's vocabulary is smaller than `vocab_size` (the tokenizer's; a larger one is padding,
     never sampled)."""
     fields = {"vocab_size": vocab_size, "pad_token_id": pad_token_id, **config_fields}
-    if discriminator in ("roberta", "xlm-roberta") and "max_position_embeddings" in fields:
-        # RoBERTa numbers positions from pad_token_id + 1: its table holds pad_token_id + 1 more rows.
-        fields["max_position_embeddings"] += pad_token_id + 1
-    disc = build_discriminator(discriminator, fields=fields)
+    disc = build_discriminator(discriminator, fields=_positions_for(discriminator, fields))
     if generator is None:
         gen = build_generator(generator_config(disc.config, generator_sizing, generator_fraction))
     else:
-        gen_fields = fields
-        if generator in ("roberta", "xlm-roberta") and discriminator not in ("roberta", "xlm-roberta") \
-                and "max_position_embeddings" in config_fields:
-            gen_fields = {**fields, "max_position_embeddings": config_fields["max_position_embeddings"] + pad_token_id + 1}
-        gen = build_generator(generator, fields=gen_fields)
+        gen = build_generator(generator, fields=_positions_for(generator, fields))
     for name, model in (("generator", gen), ("discriminator", disc)):
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"{name}: its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
     return gen, disc
+
+
+def _positions_for(spec, fields: dict) -> dict:
+    """`fields` for a family name's config: RoBERTa and XLM-R number positions from pad_token_id + 1, so their
+    table holds pad_token_id + 1 rows more than the longest sequence."""
+    if isinstance(spec, str) and spec in ("roberta", "xlm-roberta") and "max_position_embeddings" in fields:
+        return {**fields, "max_position_embeddings": fields["max_position_embeddings"] + fields["pad_token_id"] + 1}
+    return fields
 
 
 def encoder_config(config) -> EncoderConfig:
