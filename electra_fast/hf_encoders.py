@@ -242,6 +242,10 @@ def generator_config(discriminator_config, sizing: str = "debertav3", fraction: 
     config.num_attention_heads = heads
     config.hidden_size = max(heads, round(discriminator_config.hidden_size * fraction / heads) * heads)
     config.intermediate_size = max(1, round(discriminator_config.intermediate_size * fraction))
+    if _family(config) == "deberta-v2" and not config.legacy:
+        raise ValueError("generator_sizing 'electra' narrows the width below the embedding's, which DeBERTa-v2's "
+                         "non-legacy MLM head (a product with the token embedding itself) cannot take: use "
+                         "legacy=True or generator_sizing 'debertav3'")
     if _family(config) in ("electra", "deberta-v2"):
         config.embedding_size = embedding_width
     for name in ("pooler_hidden_size", "head_dim"):  # DeBERTa's pooler; fields some versions derive from the width

@@ -251,6 +251,8 @@ def test_generator_sizing():
     assert disc.num_hidden_layers == 4  # a copy
     with pytest.raises(ValueError, match="generator_sizing"):
         hf_encoders.generator_config(disc, "gpt")
+    with pytest.raises(ValueError, match="non-legacy"):
+        hf_encoders.generator_config(_config("deberta-v2-non-legacy"), "electra")
     # ELECTRA's sizing narrows BERT's embedding with the width: sharing it is refused, naming the way out.
     with pytest.raises(ValueError, match="embedding_sharing 'es' needs token embeddings of one shape"):
         ElectraPretrainer.from_hugging_face("bert", vocab_size=V, mask_token_id=MASK, generator_sizing="electra",
@@ -293,12 +295,14 @@ def _pretrain(out, corpus, *extra):
                                       "--steps", "4", "--save-every", "2", "--out", str(out), *extra]))
 
 
-def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_corpus, monkeypatch):
+@pytest.mark.parametrize("flags", [["--discriminator", "roberta", "--generator", "deberta-v2", "--embedding-sharing", "gdes"],
+                                   ["--discriminator", "modernbert", "--embedding-sharing", "es"]],
+                         ids=["roberta-deberta-gdes", "modernbert-es"])
+def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_corpus, monkeypatch, flags):
     from safetensors.torch import load_file
 
     from electra_fast import checkpoint, trainer
 
-    flags = ["--discriminator", "roberta", "--generator", "deberta-v2", "--embedding-sharing", "gdes"]
     assert _pretrain(tmp_path / "a", roberta_corpus, *flags) == 0
     real_write = trainer._Log.write
 
@@ -320,12 +324,36 @@ def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
     export = tmp_path / "a" / "discriminator"
-    assert json.loads((export / "config.json").read_text())["model_type"] == "roberta"
-    assert json.loads((export / "generator" / "config.json").read_text())["model_type"] == "deberta-v2"
+    families = flags[1], flags[3] if flags[2] == "--generator" else flags[1]
+    assert json.loads((export / "config.json").read_text())["model_type"] == families[0]
+    assert json.loads((export / "generator" / "config.json").read_text())["model_type"] == families[1]
     assert transformers.AutoTokenizer.from_pretrained(str(export)).mask_token == "<mask>"
     # another sharing mode is another configuration: refused on resume
-    assert _pretrain(tmp_path / "a", roberta_corpus, "--discriminator", "roberta", "--generator", "deberta-v2",
-                     "--resume") == 2
+    assert _pretrain(tmp_path / "a", roberta_corpus, *flags[:-1], "none", "--resume") == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--generator", "bert"], "--generator needs --discriminator"),
+    (["--discriminator", "gpt2"], "--discriminator gpt2 / --generator None: discriminator must be a family"),
+    (["--discriminator", "bert", "--generator-sizing", "electra"], "needs token embeddings of one shape"),
+])
+def test_pretrain_command_refuses_bad_model_choices_in_one_line(tmp_path, roberta_corpus, capsys, flags, message):
+    assert _pretrain(tmp_path, roberta_corpus, *flags) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("electra-fast pretrain: error:") and message in error
+
+
+def test_tie_embeddings_is_the_older_spelling_of_es_and_none():
+    config = _config("bert")
+    gen, disc = hf_encoders.build_models(config, vocab_size=V, pad_token_id=PAD)
+    assert ElectraPretrainer(gen, disc, mask_token_id=MASK, vocab_size=V, tie_embeddings=False) \
+        ._models.embedding_sharing == "none"
+    gen, disc = hf_encoders.build_models(config, vocab_size=V, pad_token_id=PAD)
+    assert ElectraPretrainer(gen, disc, mask_token_id=MASK, vocab_size=V)._models.embedding_sharing == "es"
+    with pytest.raises(ValueError, match="contradicts"):
+        ElectraPretrainer(gen, disc, mask_token_id=MASK, vocab_size=V, tie_embeddings=False, embedding_sharing="gdes")
+    with pytest.raises(ValueError, match="'gdes' needs Hugging Face models"):
+        ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, num_layers=1, embedding_sharing="gdes")
 
 
 @pytest.mark.parametrize("name", ["modernbert", "deberta-v3"])
