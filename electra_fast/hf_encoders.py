@@ -256,7 +256,8 @@ def generator_config(discriminator_config, sizing: str = "debertav3", fraction: 
 
 def _has_weights(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for name in
-               ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+               ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json"))
 
 
 def _config(spec, argument: str, fields: dict):
@@ -371,7 +372,8 @@ def save_discriminator(generator, discriminator, directory: str) -> None:
         base.set_input_embeddings(embedding)
     if isinstance(discriminator, RtdDiscriminator):
         state = {name: tensor.detach().clone().contiguous() for name, tensor in head.state_dict().items()}
-        save_file(state, os.path.join(directory, RTD_HEAD), metadata={"format": "pt", "activation": head.activation_name})
+        save_file(state, os.path.join(directory, RTD_HEAD),
+                  metadata={"format": "pt", "activation": head.activation_name})
     generator.save_pretrained(os.path.join(directory, GENERATOR_FOLDER))
 
 

@@ -1,7 +1,7 @@
 """`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2).
 
-mask_token_slots -> generator encoder -> the B·P masked slots -> the generator's MLM transform -> fused head (MLM loss,
-sample, argmax; unused slots ignored) -> REPLACE of the valid slots into a copy of the original ids ->
+mask_token_slots -> generator encoder -> the B·P masked slots -> the generator's MLM transform -> fused head
+(MLM loss, sample, argmax; unused slots ignored) -> REPLACE of the valid slots into a copy of the original ids ->
 discriminator -> RTD loss. No gradient flows through the sample. Every shape is static and, with value checks
 off, nothing reads a tensor's values on the host: the step is one graph under torch.compile(fullgraph=True)
 and can be captured as a CUDA graph. Works with the built-in models (electra_fast.models) and Hugging Face encoders
@@ -66,7 +66,8 @@ class _BuiltIn:
 def _adapter(generator, discriminator, embedding_sharing):
     if isinstance(generator, Generator) and isinstance(discriminator, Discriminator):
         if embedding_sharing == "gdes":
-            raise ValueError("embedding_sharing 'gdes' needs Hugging Face models; the built-in ones take 'es' or 'none'")
+            raise ValueError("embedding_sharing 'gdes' needs Hugging Face models; the built-in ones take 'es' or "
+                             "'none'")
         return _BuiltIn(generator, discriminator, embedding_sharing)
     if isinstance(generator, nn.Module) and getattr(generator, "config", None) is not None \
             and getattr(discriminator, "config", None) is not None:
