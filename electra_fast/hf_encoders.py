@@ -146,6 +146,18 @@ def _discriminator_parts(discriminator) -> tuple[nn.Module, nn.Module]:
     return discriminator.electra, discriminator.discriminator_predictions
 
 
+def check_shareable(generator, discriminator, embedding_sharing: str) -> None:
+    """Raises ValueError when `embedding_sharing` ("es", "gdes") cannot share these models' token embeddings."""
+    gen_matrix = generator.base_model.get_input_embeddings().weight
+    disc_matrix = _discriminator_parts(discriminator)[0].get_input_embeddings().weight
+    if embedding_sharing != "none" and gen_matrix.shape != disc_matrix.shape:
+        raise ValueError(
+            f"embedding_sharing {embedding_sharing!r} needs token embeddings of one shape, got "
+            f"{tuple(gen_matrix.shape)} (generator) and {tuple(disc_matrix.shape)} (discriminator): give both the "
+            "same vocab_size and embedding width (generator_sizing 'debertav3' keeps the width; ELECTRA and "
+            "DeBERTa-v2 also take an embedding_size), or embedding_sharing 'none'")
+
+
 class FamilyAdapter:
     """ElectraPretrainer's view of a transformers generator (`XxxForMaskedLM`) and discriminator
     (`RtdDiscriminator`, or `ElectraForPreTraining`), with their embeddings shared as `embedding_sharing` says."""
@@ -162,14 +174,7 @@ class FamilyAdapter:
             self._share()
 
     def _share(self):
-        gen_matrix = self.generator_base.get_input_embeddings().weight
-        disc_matrix = self.discriminator_base.get_input_embeddings().weight
-        if gen_matrix.shape != disc_matrix.shape:
-            raise ValueError(
-                f"embedding_sharing {self.embedding_sharing!r} needs token embeddings of one shape, got "
-                f"{tuple(gen_matrix.shape)} (generator) and {tuple(disc_matrix.shape)} (discriminator): give both "
-                "the same vocab_size and embedding width (generator_sizing 'debertav3' keeps the width; ELECTRA and "
-                "DeBERTa-v2 also take an embedding_size), or embedding_sharing 'none'")
+        check_shareable(self.generator, self.discriminator, self.embedding_sharing)
         if self.embedding_sharing == "gdes":
             self.discriminator_base.set_input_embeddings(GdesEmbedding(self.generator_base.get_input_embeddings()))
             return
@@ -394,13 +399,12 @@ def add_arguments(p) -> None:
                         "gradient-disentangled sharing; none")
 
 
-def pretrainer_from_arguments(args, *, vocab_size: int, mask_token_id: int, pad_token_id: int,
-                              special_token_ids: tuple[int, ...]):
-    """The ElectraPretrainer of `electra-fast pretrain --discriminator ...`; a family name's config takes the size
-    flags (else the preset's sizes), the tokenizer's vocabulary and pad id."""
+def models_from_arguments(args, *, vocab_size: int, pad_token_id: int):
+    """(generator, discriminator) of `electra-fast pretrain --discriminator ...`, checked to share their embeddings
+    as --embedding-sharing says; a family name's config takes the size flags (else the preset's sizes), the
+    tokenizer's vocabulary and pad id. Raises DataError naming the flags."""
     from .data import DataError
     from .models import PRESETS
-    from .pretrainer import ElectraPretrainer
 
     preset = PRESETS[args.preset]
     fields = {"hidden_size": args.hidden_size or preset["hidden_size"], "num_hidden_layers": args.num_layers,
@@ -410,10 +414,11 @@ def pretrainer_from_arguments(args, *, vocab_size: int, mask_token_id: int, pad_
     if args.embedding_size is not None and args.discriminator in ("electra", "deberta-v2"):
         fields["embedding_size"] = args.embedding_size
     try:
-        return ElectraPretrainer.from_hugging_face(
-            args.discriminator, args.generator, vocab_size=vocab_size, mask_token_id=mask_token_id,
-            pad_token_id=pad_token_id, special_token_ids=special_token_ids, generator_sizing=args.generator_sizing,
-            embedding_sharing=args.embedding_sharing, **fields)
+        generator, discriminator = build_models(args.discriminator, args.generator, vocab_size=vocab_size,
+                                                pad_token_id=pad_token_id, generator_sizing=args.generator_sizing,
+                                                **fields)
+        check_shareable(generator, discriminator, args.embedding_sharing)
     except ValueError as e:  # a family, folder or sizing that does not fit: one line, naming what
         raise DataError(f"--discriminator {args.discriminator} / --generator {args.generator}: "
                         f"{str(e).splitlines()[0]}") from None
+    return generator, discriminator

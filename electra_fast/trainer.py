@@ -224,7 +224,9 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                      pad_token_id=specials["[PAD]"],
                      special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]))
     if args.discriminator:
-        model = hf_encoders.pretrainer_from_arguments(args, **model_ids).to(device)
+        models = hf_encoders.models_from_arguments(args, vocab_size=model_ids["vocab_size"],
+                                                   pad_token_id=model_ids["pad_token_id"])
+        model = ElectraPretrainer(*models, embedding_sharing=args.embedding_sharing, **model_ids).to(device)
         counted = [hf_encoders.encoder_config(m.config) for m in (model.generator, model.discriminator)]
         model_config = hf_encoders.describe(model)
     else:
