@@ -238,6 +238,11 @@ def test_export_loads_in_the_family_auto_classes_with_the_same_hidden_states(tmp
         loaded, info = auto.from_pretrained(str(tmp_path), num_labels=3, output_loading_info=True)
         prefix = loaded.base_model_prefix + "."
         assert not [k for k in info["missing_keys"] if k.startswith(prefix) and ".pooler." not in k]
+    # The folders are model specs too: a pretrainer built from them continues from these weights.
+    again = ElectraPretrainer.from_hugging_face(str(tmp_path), str(tmp_path / "generator"), vocab_size=V,
+                                                mask_token_id=MASK, embedding_sharing="none").eval()
+    with torch.no_grad():
+        assert torch.allclose(again._models.logits(ids, mask)[attended], our_logits[attended], rtol=1e-5, atol=1e-5)
 
 
 def test_generator_sizing():
@@ -259,6 +264,16 @@ def test_generator_sizing():
                                             **SIZES)
     with pytest.raises(ValueError, match="family"):
         ElectraPretrainer.from_hugging_face("gpt2", vocab_size=V, mask_token_id=MASK)
+
+
+def test_a_folder_with_only_a_config_builds_fresh_models(tmp_path):
+    _config("modernbert", num_hidden_layers=4).save_pretrained(str(tmp_path))
+    generator, discriminator = hf_encoders.build_models(str(tmp_path), vocab_size=V, pad_token_id=PAD)
+    assert isinstance(discriminator, hf_encoders.RtdDiscriminator)
+    assert (discriminator.config.num_hidden_layers, generator.config.num_hidden_layers) == (4, 2)
+    assert type(generator).__name__ == "ModernBertForMaskedLM"
+    with pytest.raises(ValueError, match="vocab_size 120 is below the tokenizer's 121"):
+        hf_encoders.build_models(str(tmp_path), vocab_size=V + 1, pad_token_id=PAD)
     with pytest.raises(ValueError, match="embedding_sharing"):
         _pretrainer("bert", embedding_sharing="shared")
 
