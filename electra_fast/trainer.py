@@ -12,7 +12,8 @@ drew. Checkpoints (electra_fast.checkpoint) are safetensors + a weights-only sta
     OUT/data/                 the prepared corpus and its tokenizer (with --corpus)
     OUT/checkpoints/step-N/   checkpoints; OUT/latest names the newest complete one
     OUT/log.jsonl             one line of metrics per step; OUT/loss.png the curve (with matplotlib)
-    OUT/discriminator/        the discriminator in Hugging Face ELECTRA format, with the tokenizer
+    OUT/discriminator/        the discriminator in Hugging Face ELECTRA format, with the tokenizer (with
+                              --discriminator: its family's format, the RTD head and the generator beside it)
 
 A resumed run may raise --steps: it continues with the decay recomputed for the new total. Bad input (corpus,
 data, tokenizer, checkpoint, a flag out of range, a full disk) ends the command with a one-line error and exit
