@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# The same roles as RoBERTa / XLM-R tokenizers spell them: a tokenizer may use either spelling for each role.
+_SPELLINGS = {"[PAD]": ("[PAD]", "<pad>"), "[UNK]": ("[UNK]", "<unk>"), "[CLS]": ("[CLS]", "<s>"),
+              "[SEP]": ("[SEP]", "</s>"), "[MASK]": ("[MASK]", "<mask>")}
 # A prepared data folder (electra_fast.prepare writes it): its format version and file names.
 FORMAT = "electra-fast-tokens/1"
 INDEX, PROGRESS, TOKENIZER = "index.json", "progress.json", "tokenizer"
@@ -73,15 +76,21 @@ def load_tokenizer(directory: str):
         raise
     except Exception as e:  # tokenizers raises a bare Exception for malformed files
         raise DataError(f"--tokenizer: cannot read the tokenizer in {directory} ({str(e).splitlines()[0]})") from None
-    missing = [s for s in SPECIALS if tokenizer.token_to_id(s) is None]
+    missing = [" or ".join(_SPELLINGS[s]) for s in SPECIALS if _special_token(tokenizer, s) is None]
     if missing:
-        raise DataError(f"--tokenizer: the tokenizer in {directory} lacks the special tokens {' '.join(missing)}")
+        raise DataError(f"--tokenizer: the tokenizer in {directory} lacks the special tokens {', '.join(missing)}")
     return tokenizer
 
 
+def _special_token(tokenizer, role: str) -> str | None:
+    """The token that plays `role` ("[PAD]", ...) in this tokenizer: BERT's spelling or RoBERTa's; None if neither."""
+    return next((token for token in _SPELLINGS[role] if tokenizer.token_to_id(token) is not None), None)
+
+
 def special_ids(tokenizer) -> dict[str, int]:
-    """{"[PAD]": id, ...} for the five specials."""
-    return {s: tokenizer.token_to_id(s) for s in SPECIALS}
+    """{"[PAD]": id, ...} for the five specials, keyed by role whichever spelling the tokenizer uses ("<pad>" is
+    "[PAD]", "<s>" "[CLS]", "</s>" "[SEP]", ...)."""
+    return {role: tokenizer.token_to_id(_special_token(tokenizer, role)) for role in SPECIALS}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -92,14 +101,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def save_tokenizer(tokenizer, directory: str) -> None:
     """`tokenizer.json`, `vocab.txt` and a `tokenizer_config.json` that lets transformers' AutoTokenizer load
-    it as an ElectraTokenizerFast."""
+    it: as an ElectraTokenizerFast when it is WordPiece, else as the generic fast tokenizer, with its own
+    spelling of the specials."""
     os.makedirs(directory, exist_ok=True)
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     with open(os.path.join(directory, "vocab.txt"), "w", encoding="utf-8") as f:
         f.writelines(token + "\n" for token, _ in vocab)
-    config = {"tokenizer_class": "ElectraTokenizerFast", "do_lower_case": True, "unk_token": "[UNK]",
-              "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    word_piece = type(tokenizer.model).__name__ == "WordPiece"
+    config = {"tokenizer_class": "ElectraTokenizerFast" if word_piece else "PreTrainedTokenizerFast",
+              **({"do_lower_case": True} if word_piece else {}),
+              **{f"{role[1:-1].lower()}_token": _special_token(tokenizer, role) for role in SPECIALS}}
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2)
 

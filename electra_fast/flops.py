@@ -12,7 +12,9 @@ The conventions (Clark et al., 2020, and the script published with the paper):
 - the MLM output (projection, GELU, layer norm, the 2·E·V product with the embedding, its softmax) is counted
   only at the masked share of the tokens; the discriminator's head (dense, GELU, dense to one logit) at every
   token.
-All counts are per sequence of `seq_len` tokens; multiply by the batch for a step.
+All counts are per sequence of `seq_len` tokens; multiply by the batch for a step. Hugging Face families other than
+ELECTRA and BERT are counted as BERT-shaped encoders of their configs' sizes (hf_encoders.encoder_config), an
+approximation for DeBERTa's relative-position attention and ModernBERT's gated feed-forward and local attention.
 """
 from __future__ import annotations
 

@@ -147,8 +147,12 @@ class Generator(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.encoder.embeddings.word.weight
 
+    def transform(self, hidden):
+        """The head's transform, dense -> GELU -> LayerNorm: [..., hidden_size] -> [..., embedding_size]."""
+        return self.norm(F.gelu(self.dense(hidden)))
+
     def features(self, input_ids, attention_mask=None):
-        return self.norm(F.gelu(self.dense(self.encoder(input_ids, attention_mask))))
+        return self.transform(self.encoder(input_ids, attention_mask))
 
     def forward(self, input_ids, attention_mask=None):
         """Full logits [B, T, V] (for inspection; training uses `features` and the fused head)."""

@@ -1,12 +1,12 @@
 """`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2); `MlmPretrainer`: the masked-language-model
 baseline it is measured against, on the same masking and fused head.
 
-mask_token_slots -> generator up to its head's hidden states -> the B·P masked slots -> fused head (MLM loss,
-sample, argmax; unused slots ignored) -> REPLACE of the valid slots into a copy of the original ids ->
+mask_token_slots -> generator encoder -> the B·P masked slots -> the generator's MLM transform -> fused head
+(MLM loss, sample, argmax; unused slots ignored) -> REPLACE of the valid slots into a copy of the original ids ->
 discriminator -> RTD loss. No gradient flows through the sample. Every shape is static and, with value checks
 off, nothing reads a tensor's values on the host: the step is one graph under torch.compile(fullgraph=True)
-and can be captured as a CUDA graph. Works with the built-in models (electra_fast.models) and Hugging Face's
-ElectraForMaskedLM / ElectraForPreTraining.
+and can be captured as a CUDA graph. Works with the built-in models (electra_fast.models) and Hugging Face encoders
+of several families (electra_fast.hf_encoders), ELECTRA's ElectraForMaskedLM / ElectraForPreTraining among them.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import api
+from .hf_encoders import EMBEDDING_SHARING, FamilyAdapter
 from .masking import IGNORE_INDEX, check_max_predictions, mask_token_slots
 from .models import Discriminator, Generator, preset_configs, save_hugging_face
 
@@ -35,18 +36,21 @@ class ElectraOutput(NamedTuple):
 class _BuiltIn:
     """Adapter over electra_fast.models."""
 
-    def __init__(self, generator: Generator, discriminator: Discriminator):
+    def __init__(self, generator: Generator, discriminator: Discriminator, embedding_sharing: str):
         self.generator, self.discriminator = generator, discriminator
-
-    def tie(self):
-        self.generator.encoder.embeddings = self.discriminator.encoder.embeddings
+        self.embedding_sharing = embedding_sharing
+        if embedding_sharing == "es":
+            self.generator.encoder.embeddings = self.discriminator.encoder.embeddings
 
     def compile(self, kwargs):
         self.generator.encoder.compile(**kwargs)
         self.discriminator.encoder.compile(**kwargs)
 
     def features(self, ids, mask):
-        return self.generator.features(ids, mask)
+        return self.generator.encoder(ids, mask)
+
+    def transform(self, rows):
+        return self.generator.transform(rows)
 
     def output(self):
         return self.generator.output_weight, self.generator.output_bias
@@ -61,52 +65,38 @@ class _BuiltIn:
         save_hugging_face(self.discriminator, directory, pad_token_id=pad_token_id)
 
 
-class _HuggingFace:
-    """Adapter over transformers' ElectraForMaskedLM (generator) and ElectraForPreTraining (discriminator)."""
-
-    def __init__(self, generator, discriminator):
-        self.generator, self.discriminator = generator, discriminator
-
-    def tie(self):
-        gen_emb = self.generator.electra.embeddings
-        disc_emb = self.discriminator.electra.embeddings
-        if gen_emb.word_embeddings.weight.shape != disc_emb.word_embeddings.weight.shape:
-            raise ValueError("generator and discriminator must have the same vocab_size and embedding_size to share "
-                             f"embeddings, got {tuple(gen_emb.word_embeddings.weight.shape)} and "
-                             f"{tuple(disc_emb.word_embeddings.weight.shape)}")
-        self.generator.electra.embeddings = disc_emb
-        self.generator.generator_lm_head.weight = disc_emb.word_embeddings.weight
-
-    def compile(self, kwargs):
-        self.generator.electra.compile(**kwargs)
-        self.discriminator.electra.compile(**kwargs)
-
-    def features(self, ids, mask):
-        hidden = self.generator.electra(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.generator.generator_predictions(hidden)
-
-    def output(self):
-        head = self.generator.generator_lm_head
-        return head.weight, head.bias
-
-    def logits(self, ids, mask):
-        return self.discriminator(input_ids=ids, attention_mask=mask).logits
-
-    def shared_embedding(self):
-        return self.discriminator.electra.embeddings.word_embeddings.weight
-
-    def save_discriminator(self, directory, pad_token_id):
-        self.discriminator.save_pretrained(directory)  # its config already names its pad_token_id
-
-
-def _adapter(generator, discriminator):
+def _adapter(generator, discriminator, embedding_sharing):
     if isinstance(generator, Generator) and isinstance(discriminator, Discriminator):
-        return _BuiltIn(generator, discriminator)
-    if hasattr(generator, "generator_predictions") and hasattr(discriminator, "discriminator_predictions"):
-        return _HuggingFace(generator, discriminator)
-    raise TypeError("generator/discriminator must be electra_fast.models.Generator/Discriminator or Hugging Face "
-                    f"ElectraForMaskedLM/ElectraForPreTraining, got {type(generator).__name__}/"
-                    f"{type(discriminator).__name__}")
+        if embedding_sharing == "gdes":
+            raise ValueError("embedding_sharing 'gdes' needs Hugging Face models; the built-in ones take 'es' or "
+                             "'none'")
+        return _BuiltIn(generator, discriminator, embedding_sharing)
+    if isinstance(generator, nn.Module) and getattr(generator, "config", None) is not None \
+            and getattr(discriminator, "config", None) is not None:
+        return FamilyAdapter(generator, discriminator, embedding_sharing)
+    raise TypeError("generator/discriminator must be electra_fast.models.Generator/Discriminator, or a Hugging Face "
+                    "XxxForMaskedLM and a discriminator from electra_fast.hf_encoders (ElectraForPreTraining for "
+                    f"ELECTRA), got {type(generator).__name__}/{type(discriminator).__name__}")
+
+
+def _embedding_sharing(embedding_sharing: str | None, tie_embeddings: bool) -> str:
+    """embedding_sharing, or the older tie_embeddings flag's meaning (True: "es", False: "none")."""
+    if embedding_sharing is None:
+        return "es" if tie_embeddings else "none"
+    if embedding_sharing not in EMBEDDING_SHARING:
+        raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, got {embedding_sharing!r}")
+    if not tie_embeddings and embedding_sharing != "none":
+        raise ValueError(f"tie_embeddings=False contradicts embedding_sharing {embedding_sharing!r}; give "
+                         "embedding_sharing alone")
+    return embedding_sharing
+
+
+def _padded_ids(model_vocab: int, vocab_size: int) -> torch.Tensor | None:
+    """bool [model_vocab]: the output ids at or above vocab_size (a vocabulary padded past the tokenizer's, as
+    DeBERTa-v3's 128,100 for 128,001 tokens); None when there are none."""
+    if not 0 < vocab_size <= model_vocab:
+        raise ValueError(f"vocab_size must be in [1, {model_vocab}] (the generator's output ids), got {vocab_size}")
+    return torch.arange(model_vocab) >= vocab_size if vocab_size < model_vocab else None
 
 
 class ElectraPretrainer(nn.Module):
@@ -120,6 +110,10 @@ class ElectraPretrainer(nn.Module):
     depend on the data. generator_objective="adversarial" trains the generator by
     REINFORCE with the discriminator's probability that the sampled token is real as the reward, minus a running
     mean baseline, instead of maximum likelihood; mlm_loss is then still reported, without gradient.
+    embedding_sharing: "es" (default; ELECTRA's: one token-embedding matrix that both losses update), "gdes"
+    (DeBERTa-v3's, Hugging Face models only: electra_fast.hf_encoders.GdesEmbedding) or "none";
+    tie_embeddings=False is the older spelling of "none". vocab_size is the tokenizer's: output ids at or above it
+    (a padded model vocabulary) get probability 0.
     rtd_tokens="masked" counts the RTD loss (and disc_accuracy) at the masked positions only: the paper's
     "ELECTRA 15%" ablation (its Table 5), which isolates the gain of learning from every token.
     """
@@ -128,7 +122,8 @@ class ElectraPretrainer(nn.Module):
                  special_token_ids: Sequence[int] = (), pad_token_id: int = 0, mask_prob: float = 0.15,
                  gen_weight: float = 1.0, disc_weight: float = 50.0, temperature: float = 1.0,
                  disallow_correct: bool = False, tie_embeddings: bool = True, generator_objective: str = "mle",
-                 baseline_momentum: float = 0.99, max_predictions: int | None = None, rtd_tokens: str = "all"):
+                 baseline_momentum: float = 0.99, max_predictions: int | None = None, rtd_tokens: str = "all",
+                 embedding_sharing: str | None = None):
         super().__init__()
         if generator_objective not in GENERATOR_OBJECTIVES:
             raise ValueError(f"generator_objective must be one of {GENERATOR_OBJECTIVES}, got "
@@ -137,9 +132,9 @@ class ElectraPretrainer(nn.Module):
             raise ValueError(f"rtd_tokens must be one of {RTD_TOKENS}, got {rtd_tokens!r}")
         check_max_predictions(max_predictions)
         self.generator, self.discriminator = generator, discriminator
-        self._models = _adapter(generator, discriminator)
-        if tie_embeddings:
-            self._models.tie()
+        self._models = _adapter(generator, discriminator, _embedding_sharing(embedding_sharing, tie_embeddings))
+        self.register_buffer("padded_ids", _padded_ids(self._models.output()[0].shape[0], vocab_size),
+                             persistent=False)
         self.mask_token_id, self.vocab_size, self.pad_token_id = mask_token_id, vocab_size, pad_token_id
         self.special_token_ids = tuple(special_token_ids)
         self.mask_prob, self.gen_weight, self.disc_weight = mask_prob, gen_weight, disc_weight
@@ -160,6 +155,29 @@ class ElectraPretrainer(nn.Module):
                    vocab_size=vocab_size, pad_token_id=pad_token_id, special_token_ids=special_token_ids,
                    **pretrainer_args)
 
+    @classmethod
+    def from_hugging_face(cls, discriminator, generator=None, *, vocab_size: int, mask_token_id: int,
+                          pad_token_id: int = 0, special_token_ids: Sequence[int] = (),
+                          generator_sizing: str = "debertav3", generator_fraction: float = 0.25,
+                          embedding_sharing: str = "es", **overrides) -> "ElectraPretrainer":
+        """Builds a Hugging Face generator and discriminator (electra_fast.hf_encoders): each a family name
+        ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra"), a transformers config or a local
+        model folder (weights loaded when present). Without `generator`, its config is derived from the
+        discriminator's by `generator_sizing` ("electra": `generator_fraction` of the width; "debertav3": the same
+        width, half the depth). `embedding_sharing` is "es", "gdes" or "none". Overrides that name an
+        ElectraPretrainer argument (disc_weight, ...) go to the pretrainer; the rest (hidden_size,
+        num_hidden_layers, ...) into the configs built from family names. `vocab_size` is the tokenizer's: a
+        model vocabulary beyond it is padding, never sampled."""
+        from .hf_encoders import build_models
+
+        pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in _PRETRAINER_ARGS}
+        generator, discriminator = build_models(discriminator, generator, vocab_size=vocab_size,
+                                                pad_token_id=pad_token_id, generator_sizing=generator_sizing,
+                                                generator_fraction=generator_fraction, **overrides)
+        return cls(generator, discriminator, mask_token_id=mask_token_id, vocab_size=vocab_size,
+                   pad_token_id=pad_token_id, special_token_ids=special_token_ids,
+                   embedding_sharing=embedding_sharing, **pretrainer_args)
+
     def compile_encoders(self, **compile_kwargs) -> "ElectraPretrainer":
         """Puts both encoders under torch.compile (the fused ops stay opaque custom ops between them); returns
         self. Part of the recommended step on both CPU and GPU."""
@@ -167,10 +185,11 @@ class ElectraPretrainer(nn.Module):
         return self
 
     def save_discriminator(self, directory: str) -> None:
-        """Saves the discriminator alone (the generator is discarded after pretraining) as a Hugging Face
-        ELECTRA checkpoint, `config.json` + `model.safetensors`, that transformers.ElectraForPreTraining and
-        electra_fast.finetune.load_discriminator_encoder load; for the built-in models the fused q/k/v
-        projection is split into transformers' three."""
+        """Saves the discriminator as a Hugging Face checkpoint, `config.json` + `model.safetensors`. The built-in
+        models write ELECTRA's format alone (the fused q/k/v projection split into transformers' three), which
+        transformers.ElectraForPreTraining and electra_fast.finetune.load_discriminator_encoder load. Hugging Face
+        models write their family's format (a GDES embedding merged), the RTD head and the generator beside it
+        (electra_fast.hf_encoders.save_discriminator)."""
         self._models.save_discriminator(directory, self.pad_token_id)
 
     save_pretrained = save_discriminator  # what fine-tuning takes, under the name MlmPretrainer shares
@@ -179,8 +198,10 @@ class ElectraPretrainer(nn.Module):
         attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
         positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
         features = self._models.features(slots.masked_ids, attention_mask)
-        rows = _slot_rows(features, positions)
+        rows = self._models.transform(_slot_rows(features, positions))
         weight, bias = self._models.output()
+        if self.padded_ids is not None:  # ids the tokenizer lacks get logit -inf: probability 0, never sampled
+            bias = (torch.zeros_like(weight[:, 0]) if bias is None else bias).masked_fill(self.padded_ids, -torch.inf)
         # The adversarial objective reports the MLM loss without its gradient: the head need not compute it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.generator_objective == "mle"):
             mlm_loss, sampled, predicted = api.generator_loss_and_sample(
@@ -233,7 +254,8 @@ class ElectraPretrainer(nn.Module):
 
 
 _PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "disallow_correct", "tie_embeddings",
-                    "generator_objective", "baseline_momentum", "max_predictions", "rtd_tokens"}
+                    "generator_objective", "baseline_momentum", "max_predictions", "rtd_tokens",
+                    "embedding_sharing"}
 
 
 def _mask_slots(pretrainer, input_ids, attention_mask):
@@ -248,8 +270,8 @@ def _mask_slots(pretrainer, input_ids, attention_mask):
 
 
 def _slot_rows(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """The head's rows [B·P, E] of features [B, T, E] at the flat slot positions [B·P]. An unused slot (-1) reads
-    token 0 of the batch; its target IGNORE_INDEX keeps it out of the loss and its gradient."""
+    """The rows [B·P, H] of features [B, T, H] at the flat slot positions [B·P]. An unused slot (-1) reads token 0
+    of the batch; its target IGNORE_INDEX keeps it out of the loss and its gradient."""
     return features.reshape(-1, features.shape[-1])[positions.clamp_min(0)]
 
 
@@ -300,7 +322,8 @@ class MlmPretrainer(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MlmOutput:
         attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
         positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
-        rows = _slot_rows(self.model.features(slots.masked_ids, attention_mask), positions)
+        # The head's transform at the masked slots only, as for ELECTRA's generator.
+        rows = self.model.transform(_slot_rows(self.model.encoder(slots.masked_ids, attention_mask), positions))
         # The fused head samples too (its cost is a few hundred ids per row); the sample is unused here.
         loss, _, predicted = api.generator_loss_and_sample(
             rows, self.model.output_weight, self.model.output_bias, targets,

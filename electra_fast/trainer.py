@@ -13,7 +13,8 @@ drew. Checkpoints (electra_fast.checkpoint) are safetensors + a weights-only sta
     OUT/data/                 the prepared corpus and its tokenizer (with --corpus)
     OUT/checkpoints/step-N/   checkpoints; OUT/latest names the newest complete one
     OUT/log.jsonl             one line of metrics per step; OUT/loss.png the curve (with matplotlib)
-    OUT/discriminator/        the discriminator in Hugging Face ELECTRA format, with the tokenizer
+    OUT/discriminator/        the discriminator in Hugging Face ELECTRA format, with the tokenizer (with
+                              --discriminator: its family's format, the RTD head and the generator beside it)
 
 A resumed run may raise --steps: it continues with the decay recomputed for the new total. Bad input (corpus,
 data, tokenizer, checkpoint, a flag out of range, a full disk) ends the command with a one-line error and exit
@@ -33,11 +34,11 @@ import time
 
 import torch
 
-from . import checkpoint, data, flops, prepare
+from . import checkpoint, data, flops, hf_encoders, prepare
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
-from .models import PRESETS
+from .models import PRESETS, Discriminator, Generator
 from .pretrainer import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 from .settings import set_value_checks
 
@@ -67,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intermediate-size", type=int, default=None, help="override the preset's feed-forward size")
     p.add_argument("--embedding-size", type=int, default=None, help="override the preset's embedding size")
     p.add_argument("--max-positions", type=int, default=512, help="the model's position embeddings")
+    hf_encoders.add_arguments(p)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per process and micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -126,6 +128,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--hidden-size {args.hidden_size} must be a multiple of --num-heads {args.num_heads}")
     if args.valid_sequences is not None and args.valid_fraction is not None:
         raise DataError("--valid-sequences and --valid-fraction: give one of them")
+    if args.generator and not args.discriminator:
+        raise DataError("--generator needs --discriminator (the built-in ELECTRA pair comes from --preset)")
     if args.data and args.corpus:
         raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
     if args.seq_len > args.max_positions:
@@ -457,13 +461,20 @@ def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: 
 
 
 def _build_model(args, vocab_size: int, specials: dict) -> ElectraPretrainer | MlmPretrainer:
-    """The pretrainer of --objective from --preset and the size flags, with the tokenizer's special ids."""
-    kind = MlmPretrainer if args.objective == "mlm" else ElectraPretrainer
-    extra = {"rtd_tokens": "masked"} if args.objective == "electra-15" else {}
-    return kind.from_preset(args.preset, vocab_size=vocab_size, mask_token_id=specials["[MASK]"],
-                            pad_token_id=specials["[PAD]"],
-                            special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]),
-                            **_model_overrides(args), **extra)
+    """The pretrainer of --objective with the tokenizer's special ids: Hugging Face models with --discriminator
+    (electra_fast.hf_encoders), else the built-in ones from --preset and the size flags."""
+    ids = dict(vocab_size=vocab_size, mask_token_id=specials["[MASK]"], pad_token_id=specials["[PAD]"],
+               special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]))
+    rtd_tokens = {"rtd_tokens": "masked"} if args.objective == "electra-15" else {}
+    if args.discriminator:
+        if args.objective == "mlm":
+            raise DataError("--objective mlm trains the built-in encoder (--preset and the size flags); "
+                            "--discriminator takes --objective electra or electra-15")
+        models = hf_encoders.models_from_arguments(args, vocab_size=vocab_size, pad_token_id=ids["pad_token_id"])
+        return ElectraPretrainer(*models, embedding_sharing=args.embedding_sharing, **ids, **rtd_tokens)
+    if args.objective == "mlm":
+        return MlmPretrainer.from_preset(args.preset, **ids, **_model_overrides(args))
+    return ElectraPretrainer.from_preset(args.preset, **ids, **_model_overrides(args), **rtd_tokens)
 
 
 def _metric_names(model: ElectraPretrainer | MlmPretrainer) -> tuple[str, ...]:
@@ -472,18 +483,23 @@ def _metric_names(model: ElectraPretrainer | MlmPretrainer) -> tuple[str, ...]:
 
 
 def _model_configs(model: ElectraPretrainer | MlmPretrainer) -> dict:
+    """The models' configurations as the checkpoint records them (a resumed run must match them)."""
     if isinstance(model, MlmPretrainer):
         return {"encoder": dataclasses.asdict(model.model.encoder.config)}
-    return {"generator": dataclasses.asdict(model.generator.encoder.config),
-            "discriminator": dataclasses.asdict(model.discriminator.encoder.config)}
+    if isinstance(model.generator, Generator):
+        return {"generator": dataclasses.asdict(model.generator.encoder.config),
+                "discriminator": dataclasses.asdict(model.discriminator.encoder.config)}
+    return hf_encoders.describe(model)
 
 
 def _sequence_flops(model: ElectraPretrainer | MlmPretrainer, seq_len: int) -> float:
-    """Training FLOPs of one sequence as the paper counts them (electra_fast.flops)."""
+    """Training FLOPs of one sequence as the paper counts them (electra_fast.flops; Hugging Face models as the
+    BERT-shaped encoder of their config, hf_encoders.encoder_config)."""
     if isinstance(model, MlmPretrainer):
         return flops.encoder_train_flops(model.model.encoder.config, seq_len, masked_fraction=model.mask_prob)
-    return flops.electra_train_flops(model.generator.encoder.config, model.discriminator.encoder.config, seq_len,
-                                     masked_fraction=model.mask_prob)
+    configs = [m.encoder.config if isinstance(m, (Generator, Discriminator)) else hf_encoders.encoder_config(m.config)
+               for m in (model.generator, model.discriminator)]
+    return flops.electra_train_flops(*configs, seq_len, masked_fraction=model.mask_prob)
 
 
 def _model_overrides(args) -> dict:

@@ -13,7 +13,7 @@ EXIT_BAD_INPUT = 2
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR",
                    help="the discriminator `electra-fast pretrain` exports (OUT/discriminator), or a local Hugging "
-                        "Face ELECTRA or BERT folder (config.json, weights, tokenizer)")
+                        "Face ELECTRA, BERT, RoBERTa/XLM-R, DeBERTa-v2/v3 or ModernBERT folder (config.json, weights, tokenizer)")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--train", required=True, metavar="FILE",
                    help="classification: .csv, .tsv (GLUE's as they are) or .jsonl; token-classification: CoNLL "

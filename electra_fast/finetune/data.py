@@ -273,7 +273,7 @@ def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int) ->
     """(features with input_ids and token_type_ids cut to max_length, how many texts were cut)."""
     columns = list(zip(*(e.texts for e in examples)))
     whole = tokenizer(*columns, truncation=False)["input_ids"]
-    cut = tokenizer(*columns, truncation=True, max_length=max_length)
+    cut = tokenizer(*columns, truncation=True, max_length=max_length, return_token_type_ids=True)
     features = [{"input_ids": ids, "token_type_ids": types}
                 for ids, types in zip(cut["input_ids"], cut["token_type_ids"])]
     return features, sum(len(ids) > max_length for ids in whole)
@@ -285,7 +285,8 @@ def encode_sentences(tokenizer, sentences: Sequence[Sentence], tag_ids: dict[str
     word's first sub-token, -1 for a word cut off; with tag_ids also `labels`, the tag id there and -100
     elsewhere."""
     words = [s.words for s in sentences]
-    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                        return_token_type_ids=True)
     features, cut = [], 0
     for i, sentence in enumerate(sentences):
         first_token = [-1] * len(sentence.words)
@@ -317,7 +318,8 @@ def encode_questions(tokenizer, questions: Sequence[Question], *, max_length: in
         texts.append(q.question[:offsets[max_query_length - 1][1]] if len(offsets) > max_query_length else q.question)
     try:
         encoded = tokenizer(texts, [q.context for q in questions], truncation="only_second", max_length=max_length,
-                            stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+                            stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+                            return_token_type_ids=True)
     except Exception as e:  # the tokenizer refuses a stride that leaves no room to advance
         raise FinetuneDataError(f"--doc-stride {doc_stride} / --max-length {max_length}: cannot cut the contexts "
                                 f"into windows ({str(e).splitlines()[0]})") from None

@@ -1,7 +1,8 @@
-"""Fine-tuning as ELECTRA does it, on Hugging Face ELECTRA and BERT models.
+"""Fine-tuning as ELECTRA does it, on Hugging Face encoders: ELECTRA, BERT, RoBERTa / XLM-R, DeBERTa-v2/v3 and
+ModernBERT (electra_fast.hf_encoders.FAMILIES).
 
-The model is transformers' ElectraFor* / BertFor* class for the task, loaded from the folder (the discriminator
-that `electra-fast pretrain` exports, or any local ELECTRA or BERT checkpoint); every encoder weight must come
+The model is transformers' AutoModelFor* class for the task, loaded from the folder (the discriminator that
+`electra-fast pretrain` exports, or any local checkpoint of those families); every encoder weight must come
 from the file. Training: AdamW (eps 1e-6, no weight decay by default), linear warm-up over the first 10% of the
 steps then linear decay to 0, gradient clipping at 1.0, and layer-wise learning-rate decay as the ELECTRA release
 sets it: a parameter at depth d gets lr · decay^(L + 2 − d), where the embeddings are at depth 0, encoder layer
@@ -25,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from ..hf_encoders import FAMILIES
 from ..trainer import lr_multiplier
 from . import data, metrics
 from .data import FinetuneDataError
@@ -115,20 +117,21 @@ def load_tokenizer(directory: str):
 
 
 def load_config(directory: str, **changes):
-    """The transformers config of an ELECTRA or BERT folder, updated with `changes`."""
+    """The transformers config of a folder of one of the FAMILIES, updated with `changes`."""
     transformers = _transformers()
     try:
         with _quiet_transformers(transformers):
             config = transformers.AutoConfig.from_pretrained(directory, **changes)
     except Exception as e:  # OSError, ValueError, JSON errors, depending on what is wrong
         raise FinetuneDataError(f"--model {directory}: no usable config.json ({str(e).splitlines()[0]})") from None
-    if config.model_type not in ("electra", "bert"):
-        raise FinetuneDataError(f"--model {directory}: a {config.model_type!r} model; ELECTRA or BERT expected")
+    if config.model_type not in FAMILIES:
+        raise FinetuneDataError(f"--model {directory}: a {config.model_type!r} model; one of {', '.join(FAMILIES)} "
+                                "expected")
     return config
 
 
 def load_model(directory: str, task: str, *, from_scratch: bool = False, **config_changes) -> torch.nn.Module:
-    """transformers' model of `task` for the ELECTRA or BERT folder `directory`, its config updated with
+    """transformers' model of `task` for the folder `directory` (one of the FAMILIES), its config updated with
     `config_changes` (num_labels, id2label, ...). Pretrained weights must cover the whole encoder and be finite:
     a file that does not load, lacks encoder weights or holds NaN / inf is refused (FinetuneDataError), never
     silently replaced by fresh weights. `from_scratch`: the same architecture, freshly initialised (torch's
@@ -148,7 +151,7 @@ def load_model(directory: str, task: str, *, from_scratch: bool = False, **confi
     missing = sorted(k for k in info["missing_keys"] if k.startswith(encoder) and ".pooler." not in k)
     if missing:
         raise FinetuneDataError(f"--model {directory}: the weight file lacks {len(missing)} encoder weights (e.g. "
-                                f"{missing[0]!r}): it is damaged or not a pretrained ELECTRA / BERT")
+                                f"{missing[0]!r}): it is damaged or not a pretrained encoder")
     broken = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
     if broken:
         raise FinetuneDataError(f"--model {directory}: the weight file is corrupt ({broken} holds NaN or inf)")
@@ -157,11 +160,11 @@ def load_model(directory: str, task: str, *, from_scratch: bool = False, **confi
 
 def layerwise_parameter_groups(model: torch.nn.Module, *, lr: float, decay: float, weight_decay: float) -> list[dict]:
     """AdamW parameter groups with ELECTRA's layer-wise learning rates: lr · decay^(L + 2 − depth), depth 0 for
-    the embeddings, i + 1 for encoder layer i, L + 2 for everything else (the task head, BERT's pooler). Weight
-    decay only on matrices."""
+    the embeddings, i + 1 for encoder layer i, L + 2 for everything else (the task head, BERT's pooler, DeBERTa's
+    relative-position table, ModernBERT's final norm). Weight decay only on matrices."""
     num_layers = model.config.num_hidden_layers
     prefix = model.base_model_prefix
-    layer = re.compile(rf"{re.escape(prefix)}\.encoder\.layer\.(\d+)\.")
+    layer = re.compile(rf"{re.escape(prefix)}\.(?:encoder\.layer|layers)\.(\d+)\.")  # ModernBERT: model.layers.i
 
     def depth(name: str) -> int:
         if name.startswith(f"{prefix}.embeddings"):   # embeddings and ELECTRA's embeddings_project
@@ -300,9 +303,17 @@ def _device(options: FinetuneOptions) -> torch.device:
     return torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def _inputs(model, batch: dict) -> dict:
+    """The batch without token_type_ids where the model has no segment embeddings to read them (RoBERTa's single
+    one, DeBERTa-v3's none, ModernBERT's none)."""
+    if getattr(model.config, "type_vocab_size", 0) > 1:
+        return batch
+    return {k: v for k, v in batch.items() if k != "token_type_ids"}
+
+
 def _outputs(model, task: _Task, batch: dict) -> list:
     """Per example: the logits row (classification), [T, labels] rows (tokens), or (start, end) rows (QA)."""
-    output = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    output = model(**_inputs(model, {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
     if task.kind == "question-answering":
         return list(zip(output.start_logits.float().tolist(), output.end_logits.float().tolist()))
     return output.logits.float().tolist()
@@ -334,7 +345,7 @@ def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id
             batch = data.collate([task.train[i] for i in batches.pop()], pad_id, task.label_keys)
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**batch).loss
+                loss = model(**_inputs(model, batch)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
