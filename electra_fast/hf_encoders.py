@@ -158,6 +158,16 @@ def check_shareable(generator, discriminator, embedding_sharing: str) -> None:
             "DeBERTa-v2 also take an embedding_size), or embedding_sharing 'none'")
 
 
+def _positions(config, mask: torch.Tensor) -> dict:
+    """{"position_ids": [B, T]} for RoBERTa and XLM-R, numbered from the attention mask as they number them from
+    `ids != pad` (pad_token_id + 1 onwards, padding at pad_token_id): a generator that samples the pad id into
+    a sequence must not shift the positions of the tokens after it. {} for the other families."""
+    if _family(config) not in ("roberta", "xlm-roberta"):
+        return {}
+    attended = mask.long()
+    return {"position_ids": attended.cumsum(1) * attended + config.pad_token_id}
+
+
 class FamilyAdapter:
     """ElectraPretrainer's view of a transformers generator (`XxxForMaskedLM`) and discriminator
     (`RtdDiscriminator`, or `ElectraForPreTraining`), with their embeddings shared as `embedding_sharing` says."""
@@ -190,14 +200,16 @@ class FamilyAdapter:
         self.discriminator_base.compile(**kwargs)
 
     def features(self, ids, mask):
-        return self.generator_base(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.generator_base(input_ids=ids, attention_mask=mask,
+                                   **_positions(self.generator.config, mask)).last_hidden_state
 
     def output(self):
         weight = self.decoder.weight if self.decoder is not None else self.generator_base.get_input_embeddings().weight
         return weight, self.bias
 
     def logits(self, ids, mask):
-        return self.rtd_head(self.discriminator_base(input_ids=ids, attention_mask=mask).last_hidden_state)
+        return self.rtd_head(self.discriminator_base(
+            input_ids=ids, attention_mask=mask, **_positions(self.discriminator_base.config, mask)).last_hidden_state)
 
     def shared_embedding(self):
         """The token-embedding matrix that both losses reach: the one matrix under "es", E_G under "gdes"."""
@@ -310,12 +322,19 @@ def build_discriminator(spec, *, argument: str = "discriminator", fields: dict |
 
 
 def build_models(discriminator, generator=None, *, vocab_size: int, pad_token_id: int,
-                 generator_sizing: str = "debertav3", generator_fraction: float = 0.25, **config_fields):
+                 generator_sizing: str = "debertav3", generator_fraction: float = 0.25,
+                 embedding_sharing: str = "es", **config_fields):
     """(generator, discriminator) models. Each spec is a family name (then the config takes vocab_size,
     pad_token_id and `config_fields`), a transformers config, or a local folder (its weights loaded when present).
     Without `generator`, the generator's config comes from the discriminator's by `generator_config`. Raises
     ValueError when a model's vocabulary is smaller than `vocab_size` (the tokenizer's; a larger one is padding,
-    never sampled)."""
+    never sampled), and for embedding_sharing "gdes" with a discriminator folder that holds weights (GDES starts
+    E_delta at zero, so its token embedding would be dropped; a GDES run continues with `pretrain --resume`)."""
+    if embedding_sharing == "gdes" and isinstance(discriminator, str) and discriminator not in FAMILIES \
+            and _has_weights(discriminator):
+        raise ValueError(f"embedding_sharing 'gdes' starts the discriminator's embedding at the generator's "
+                         f"(E_delta = 0) and would drop the trained one in {discriminator}: give a folder with "
+                         "config.json alone, continue a run with --resume, or choose 'es' or 'none'")
     fields = {"vocab_size": vocab_size, "pad_token_id": pad_token_id, **config_fields}
     disc = build_discriminator(discriminator, fields=_positions_for(discriminator, fields))
     if generator is None:
@@ -391,7 +410,7 @@ def add_arguments(p) -> None:
                         "--num-layers, ... and the preset) or a config/model folder; default: the built-in ELECTRA")
     p.add_argument("--generator", metavar="FAMILY|DIR", default=None,
                    help="the generator, likewise (with --discriminator); default: derived by --generator-sizing")
-    p.add_argument("--generator-sizing", choices=GENERATOR_SIZING, default="debertav3",
+    p.add_argument("--generator-sizing", choices=GENERATOR_SIZING, default=None,
                    help="the derived generator: ELECTRA's (a quarter of the width) or DeBERTa-v3's (the same width, "
                         "half the depth; default)")
     p.add_argument("--embedding-sharing", choices=EMBEDDING_SHARING, default="es",
@@ -415,8 +434,9 @@ def models_from_arguments(args, *, vocab_size: int, pad_token_id: int):
         fields["embedding_size"] = args.embedding_size
     try:
         generator, discriminator = build_models(args.discriminator, args.generator, vocab_size=vocab_size,
-                                                pad_token_id=pad_token_id, generator_sizing=args.generator_sizing,
-                                                **fields)
+                                                pad_token_id=pad_token_id,
+                                                generator_sizing=args.generator_sizing or "debertav3",
+                                                embedding_sharing=args.embedding_sharing, **fields)
         check_shareable(generator, discriminator, args.embedding_sharing)
     except ValueError as e:  # a family, folder or sizing that does not fit: one line, naming what
         raise DataError(f"--discriminator {args.discriminator} / --generator {args.generator}: "

@@ -173,7 +173,8 @@ class ElectraPretrainer(nn.Module):
         pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in _PRETRAINER_ARGS}
         generator, discriminator = build_models(discriminator, generator, vocab_size=vocab_size,
                                                 pad_token_id=pad_token_id, generator_sizing=generator_sizing,
-                                                generator_fraction=generator_fraction, **overrides)
+                                                generator_fraction=generator_fraction,
+                                                embedding_sharing=embedding_sharing, **overrides)
         return cls(generator, discriminator, mask_token_id=mask_token_id, vocab_size=vocab_size,
                    pad_token_id=pad_token_id, special_token_ids=special_token_ids,
                    embedding_sharing=embedding_sharing, **pretrainer_args)

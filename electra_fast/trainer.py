@@ -128,8 +128,16 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--hidden-size {args.hidden_size} must be a multiple of --num-heads {args.num_heads}")
     if args.valid_sequences is not None and args.valid_fraction is not None:
         raise DataError("--valid-sequences and --valid-fraction: give one of them")
-    if args.generator and not args.discriminator:
-        raise DataError("--generator needs --discriminator (the built-in ELECTRA pair comes from --preset)")
+    if not args.discriminator:
+        for flag, value in (("--generator", args.generator), ("--generator-sizing", args.generator_sizing)):
+            if value is not None:
+                raise DataError(f"{flag} needs --discriminator (the built-in ELECTRA pair comes from --preset)")
+        if args.embedding_sharing == "gdes":
+            raise DataError("--embedding-sharing gdes needs --discriminator (Hugging Face models); the built-in "
+                            "ELECTRA pair takes es or none")
+    if args.objective == "mlm" and (args.discriminator or args.embedding_sharing != "es"):
+        raise DataError("--objective mlm trains the built-in encoder alone (--preset and the size flags): "
+                        "--discriminator and --embedding-sharing are for the RTD objectives")
     if args.data and args.corpus:
         raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
     if args.seq_len > args.max_positions:
@@ -467,14 +475,12 @@ def _build_model(args, vocab_size: int, specials: dict) -> ElectraPretrainer | M
                special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]))
     rtd_tokens = {"rtd_tokens": "masked"} if args.objective == "electra-15" else {}
     if args.discriminator:
-        if args.objective == "mlm":
-            raise DataError("--objective mlm trains the built-in encoder (--preset and the size flags); "
-                            "--discriminator takes --objective electra or electra-15")
         models = hf_encoders.models_from_arguments(args, vocab_size=vocab_size, pad_token_id=ids["pad_token_id"])
         return ElectraPretrainer(*models, embedding_sharing=args.embedding_sharing, **ids, **rtd_tokens)
     if args.objective == "mlm":
         return MlmPretrainer.from_preset(args.preset, **ids, **_model_overrides(args))
-    return ElectraPretrainer.from_preset(args.preset, **ids, **_model_overrides(args), **rtd_tokens)
+    return ElectraPretrainer.from_preset(args.preset, **ids, **_model_overrides(args), **rtd_tokens,
+                                         embedding_sharing=args.embedding_sharing)
 
 
 def _metric_names(model: ElectraPretrainer | MlmPretrainer) -> tuple[str, ...]:
@@ -487,8 +493,11 @@ def _model_configs(model: ElectraPretrainer | MlmPretrainer) -> dict:
     if isinstance(model, MlmPretrainer):
         return {"encoder": dataclasses.asdict(model.model.encoder.config)}
     if isinstance(model.generator, Generator):
+        sharing = model._models.embedding_sharing
         return {"generator": dataclasses.asdict(model.generator.encoder.config),
-                "discriminator": dataclasses.asdict(model.discriminator.encoder.config)}
+                "discriminator": dataclasses.asdict(model.discriminator.encoder.config),
+                # Recorded only when not ELECTRA's default, so that runs from before the flag still resume.
+                **({"embedding_sharing": sharing} if sharing != "es" else {})}
     return hf_encoders.describe(model)
 
 

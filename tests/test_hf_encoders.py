@@ -352,6 +352,8 @@ def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_
     (["--discriminator", "gpt2"], "--discriminator gpt2 / --generator None: discriminator must be a family"),
     (["--discriminator", "bert", "--generator-sizing", "electra"], "needs token embeddings of one shape"),
     (["--discriminator", "bert", "--objective", "mlm"], "--objective mlm trains the built-in encoder"),
+    (["--embedding-sharing", "gdes"], "--embedding-sharing gdes needs --discriminator"),
+    (["--generator-sizing", "electra"], "--generator-sizing needs --discriminator"),
 ])
 def test_pretrain_command_refuses_bad_model_choices_in_one_line(tmp_path, roberta_corpus, capsys, flags, message):
     assert _pretrain(tmp_path, roberta_corpus, *flags) == 2
@@ -407,3 +409,33 @@ def test_finetune_takes_the_exported_folder(tmp_path, roberta_corpus, name):
                                        out=str(tmp_path / "out"), epochs=1, batch_size=8, progress=False,
                                        log=io.StringIO()))
     assert 0 <= results["median"]["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("name", ["roberta", "xlm-roberta"])
+def test_roberta_positions_follow_the_attention_mask_when_the_pad_id_is_sampled(name):
+    model = _pretrainer(name).eval()
+    ids, mask = _batch()
+    sampled = ids.clone()
+    sampled[0, 3] = PAD  # a generator's sample inside an attended row
+    base, t = model._models.discriminator_base, ids.shape[1]
+    # RoBERTa numbers the attended tokens pad_id + 1, pad_id + 2, ... (the rows are right-padded) and padding pad_id.
+    positions = torch.where(mask.bool(), PAD + 1 + torch.arange(t), PAD)
+    with torch.no_grad():
+        truth = model._models.rtd_head(base(input_ids=sampled, attention_mask=mask,
+                                            position_ids=positions).last_hidden_state)
+        ours = model._models.logits(sampled, mask)
+        by_ids = model._models.rtd_head(base(input_ids=sampled, attention_mask=mask).last_hidden_state)
+    attended = mask.bool()
+    assert torch.allclose(ours[attended], truth[attended], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(by_ids[0, 4:], truth[0, 4:], atol=1e-4)  # numbering by ids shifts the rest
+
+
+def test_gdes_refuses_a_discriminator_folder_with_weights(tmp_path):
+    model = _pretrainer("bert", embedding_sharing="none")
+    model.save_discriminator(str(tmp_path))
+    with pytest.raises(ValueError, match="would drop the trained one"):
+        ElectraPretrainer.from_hugging_face(str(tmp_path), vocab_size=V, mask_token_id=MASK, pad_token_id=PAD,
+                                            embedding_sharing="gdes")
+    (tmp_path / "model.safetensors").unlink()  # a folder with config.json alone builds fresh models
+    assert ElectraPretrainer.from_hugging_face(str(tmp_path), vocab_size=V, mask_token_id=MASK, pad_token_id=PAD,
+                                               embedding_sharing="gdes")._models.embedding_sharing == "gdes"

@@ -437,3 +437,17 @@ def test_mlm_objective_counts_its_own_flops_logs_its_metrics_and_resumes_only_as
     capsys.readouterr()
     assert _run(tmp_path, corpus, "--objective", "electra", "--steps", "3", "--resume") == 2
     assert "objective" in capsys.readouterr().err
+
+
+def test_built_in_pair_takes_embedding_sharing_none_and_resumes_only_so(tmp_path, corpus, capsys):
+    from safetensors.torch import load_file
+
+    assert _run(tmp_path, corpus, "--embedding-sharing", "none", "--steps", "2") == 0
+    latest = checkpoint.latest(tmp_path)
+    assert checkpoint.read_manifest(latest)["config"]["model"]["embedding_sharing"] == "none"
+    weights = load_file(os.path.join(latest, "model.safetensors"))
+    gen, disc = (weights[f"{m}.encoder.embeddings.word.weight"] for m in ("generator", "discriminator"))
+    assert gen.shape == disc.shape and not torch.equal(gen, disc)  # two matrices, each trained by its own loss
+    capsys.readouterr()
+    assert _run(tmp_path, corpus, "--steps", "3", "--resume") == 2
+    assert "embedding_sharing" in capsys.readouterr().err
