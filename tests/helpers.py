@@ -1,4 +1,7 @@
-"""Test helpers: relative error, the near-tie-aware sample comparison of SPEC §3, fresh head inputs."""
+"""Test helpers: relative error, the near-tie-aware sample comparison of SPEC §3, fresh head inputs, an
+interrupted pretraining run."""
+import contextlib
+
 import torch
 
 from electra_fast.check import relative_error as rel_err, sample_mismatches  # noqa: F401
@@ -20,3 +23,22 @@ def head_inputs(n, h, v, *, dtype=torch.float32, device="cpu", bias=True, ignore
     if ignored_every:
         targets[::ignored_every] = -100
     return hidden, weight, b, targets.to(device)
+
+
+@contextlib.contextmanager
+def interrupted_at_step(monkeypatch, step: int):
+    """Inside the block, `electra-fast pretrain` stops as at Ctrl-C right after logging `step`."""
+    from electra_fast import trainer
+
+    real_write = trainer._Log.write
+
+    def interrupt(self, record):
+        real_write(self, record)
+        if record["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer._Log, "write", interrupt)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(trainer._Log, "write", real_write)

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 import electra_fast  # noqa: E402
 from electra_fast import ElectraOutput, ElectraPretrainer, api, hf_encoders  # noqa: E402
 from electra_fast.masking import IGNORE_INDEX  # noqa: E402
+from helpers import interrupted_at_step  # noqa: E402
 
 V, PAD, CLS, SEP, MASK = 120, 0, 1, 2, 3
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -316,19 +317,11 @@ def _pretrain(out, corpus, *extra):
 def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_corpus, monkeypatch, flags):
     from safetensors.torch import load_file
 
-    from electra_fast import checkpoint, trainer
+    from electra_fast import checkpoint
 
     assert _pretrain(tmp_path / "a", roberta_corpus, *flags) == 0
-    real_write = trainer._Log.write
-
-    def interrupt_at_step_3(self, record):
-        real_write(self, record)
-        if record["step"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer._Log, "write", interrupt_at_step_3)
-    assert _pretrain(tmp_path / "b", roberta_corpus, *flags) == 130
-    monkeypatch.setattr(trainer._Log, "write", real_write)
+    with interrupted_at_step(monkeypatch, 3):
+        assert _pretrain(tmp_path / "b", roberta_corpus, *flags) == 130
     assert _pretrain(tmp_path / "b", roberta_corpus, *flags, "--resume") == 0
 
     logs = [[json.loads(line) for line in open(tmp_path / run / "log.jsonl")] for run in "ab"]

@@ -16,6 +16,7 @@ import torch
 
 from electra_fast import checkpoint, data, trainer
 from electra_fast.pretrainer import ElectraOutput
+from helpers import interrupted_at_step
 
 TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
         "--embedding-size", "16", "--seq-len", "24", "--batch-size", "2", "--vocab-size", "300"]
@@ -116,17 +117,9 @@ def test_step_seeds_differ_by_rank_and_step():
 
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus, monkeypatch):
     assert _run(tmp_path / "a", corpus, "--steps", "6", "--save-every", "2", "--grad-accum", "2") == 0
-    real_write = trainer._Log.write
-
-    def interrupt_at_step_5(self, record):
-        real_write(self, record)
-        if record["step"] == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer._Log, "write", interrupt_at_step_5)
-    assert _run(tmp_path / "b", corpus, "--steps", "6", "--save-every", "2", "--grad-accum", "2") == 130
+    with interrupted_at_step(monkeypatch, 5):
+        assert _run(tmp_path / "b", corpus, "--steps", "6", "--save-every", "2", "--grad-accum", "2") == 130
     assert checkpoint.latest(tmp_path / "b").endswith("step-00000004")
-    monkeypatch.setattr(trainer._Log, "write", real_write)
     assert _run(tmp_path / "b", corpus, "--steps", "6", "--save-every", "2", "--grad-accum", "2", "--resume") == 0
 
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
@@ -411,8 +404,9 @@ def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
 def test_two_processes_through_torchrun(tmp_path, corpus):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "electra_fast", "pretrain",
-           "--corpus", corpus[0], *TINY, "--steps", "2", "--out", str(tmp_path / "ddp")]
+    # --standalone: a free port of its own, never one a concurrent run holds.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "electra_fast",
+           "pretrain", "--corpus", corpus[0], *TINY, "--steps", "2", "--out", str(tmp_path / "ddp")]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert checkpoint.latest(tmp_path / "ddp").endswith("step-00000002")
