@@ -1,5 +1,5 @@
-"""Test helpers: relative error, the near-tie-aware sample comparison of SPEC §3, fresh head inputs, an
-interrupted pretraining run."""
+"""Test helpers: relative error, the near-tie-aware sample comparison of SPEC §3, fresh head inputs, a padded
+batch of sequences, an interrupted pretraining run."""
 import contextlib
 
 import torch
@@ -23,6 +23,32 @@ def head_inputs(n, h, v, *, dtype=torch.float32, device="cpu", bias=True, ignore
     if ignored_every:
         targets[::ignored_every] = -100
     return hidden, weight, b, targets.to(device)
+
+
+def padded_batch(lengths, t: int, vocab: int, *, cls: int, sep: int, pad: int, seed: int = 0):
+    """(ids [B, T] int64, attention_mask [B, T] int64) for rows of `lengths` (B = len(lengths)): random ids in
+    [5, vocab) between [CLS] and [SEP], right-padded with `pad`."""
+    b = len(lengths)
+    ids = torch.randint(5, vocab, (b, t), generator=torch.Generator().manual_seed(seed))
+    lengths = torch.as_tensor(lengths)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+    ids[:, 0] = cls
+    ids[torch.arange(b), lengths - 1] = sep
+    return ids.masked_fill(mask == 0, pad), mask
+
+
+def fit_fixed_batch(model, ids, mask, steps: int, lr: float = 3e-3) -> list:
+    """The outputs of `steps` AdamW steps of `model` on one batch, the masking seeds alternating 0, 1."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    outputs = []
+    for step in range(steps):
+        torch.manual_seed(step % 2)
+        out = model(ids, mask)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        outputs.append(out)
+    return outputs
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 import electra_fast  # noqa: E402
 from electra_fast import ElectraOutput, ElectraPretrainer, api, hf_encoders  # noqa: E402
 from electra_fast.masking import IGNORE_INDEX  # noqa: E402
-from helpers import interrupted_at_step  # noqa: E402
+from helpers import fit_fixed_batch, interrupted_at_step, padded_batch  # noqa: E402
 
 V, PAD, CLS, SEP, MASK = 120, 0, 1, 2, 3
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -44,28 +44,13 @@ def _pretrainer(name, embedding_sharing="es", vocab_size=V, **changes):
 
 
 def _batch(b=4, t=20, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, V, (b, t), generator=g)
-    lengths = torch.tensor([t, t - 4, t - 9, 7])[:b]
-    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
-    ids[:, 0] = CLS
-    ids[torch.arange(b), lengths - 1] = SEP
-    return ids.masked_fill(mask == 0, PAD), mask
+    return padded_batch([t, t - 4, t - 9, 7][:b], t, V, cls=CLS, sep=SEP, pad=PAD, seed=seed)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_step_runs_and_both_losses_fall_on_a_fixed_batch(name):
     model = _pretrainer(name, embedding_sharing="gdes" if name.startswith("deberta") else "es")
-    ids, mask = _batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(20):
-        torch.manual_seed(step % 2)
-        out = model(ids, mask)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out)
+    losses = fit_fixed_batch(model, *_batch(), steps=20)
     assert all(v.isfinite() for out in losses for v in out)
     assert losses[-1].mlm_loss < 0.8 * losses[0].mlm_loss and losses[-1].rtd_loss < losses[0].rtd_loss
 

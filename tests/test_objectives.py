@@ -11,21 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from electra_fast import ElectraPretrainer, MlmPretrainer, api, mask_token_slots
-from electra_fast.masking import IGNORE_INDEX
+from helpers import padded_batch
 
 V, MASK, CLS, SEP, PAD = 150, 3, 1, 2, 0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _batch(b=3, t=20, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, V, (b, t), generator=g)
-    lengths = torch.tensor([t, t - 7, 9])[:b]
-    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
-    ids[:, 0] = CLS
-    ids[torch.arange(b), lengths - 1] = SEP
-    ids[mask == 0] = PAD
-    return ids, mask
+    return padded_batch([t, t - 7, 9][:b], t, V, cls=CLS, sep=SEP, pad=PAD, seed=seed)
 
 
 SIZE = dict(num_layers=2, hidden_size=48, num_heads=2, intermediate_size=96, embedding_size=24,

@@ -4,19 +4,13 @@ import torch
 
 import electra_fast
 from electra_fast import ElectraPretrainer
+from helpers import fit_fixed_batch, padded_batch
 
 V, MASK, CLS, SEP, PAD = 120, 3, 1, 2, 0
 
 
 def _batch(b=4, t=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, V, (b, t), generator=g)
-    lengths = torch.tensor([t, t - 5, t - 9, 6])[:b]
-    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
-    ids[:, 0] = CLS
-    ids[torch.arange(b), lengths - 1] = SEP
-    ids[mask == 0] = PAD
-    return ids, mask
+    return padded_batch([t, t - 5, t - 9, 6][:b], t, V, cls=CLS, sep=SEP, pad=PAD, seed=seed)
 
 
 def _builtin(**kw):
@@ -59,17 +53,7 @@ def test_output_fields_and_loss_composition(make):
 @pytest.mark.parametrize("make", MODELS)
 def test_overfitting_a_fixed_batch_lowers_both_losses(make):
     model = make()
-    ids, mask = _batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = None
-    for step in range(30):
-        torch.manual_seed(step % 2)
-        out = model(ids, mask)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        if first is None:
-            first = out
+    first, *_, out = fit_fixed_batch(model, *_batch(), steps=30)
     assert out.mlm_loss < first.mlm_loss * 0.8 and out.rtd_loss < first.rtd_loss
 
 
