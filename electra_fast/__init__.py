@@ -5,6 +5,7 @@ import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
 from .masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
 from .settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
+from .hf_mlm import patch_masked_lm, unpatch_masked_lm
 from .pretrainer import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 from . import models  # noqa: E402
 
@@ -22,11 +23,13 @@ __all__ = [
     "mask_token_slots",
     "mask_tokens",
     "models",
+    "patch_masked_lm",
     "replace_",
     "rtd_loss",
     "sample_logits",
     "set_backend",
     "set_logits_budget",
     "set_value_checks",
+    "unpatch_masked_lm",
     "use_backend",
 ]

@@ -3,10 +3,8 @@ and ELECTRA, as generator and as discriminator, built from configs, family names
 
 - The generator is the family's `XxxForMaskedLM`. Its encoder runs on the whole sequence; the masked rows are
   gathered, the family's own MLM transform applied to them alone, and the fused head
-  (`api.generator_loss_and_sample`) takes the decoder weight and bias: no `[B, T, V]` logits. RoBERTa's head
-  hard-codes GELU whatever `hidden_act` says; DeBERTa-v2 has a legacy head (`cls.predictions`, with a decoder of
-  `embedding_size`) and a non-legacy one (`lm_predictions`, which multiplies by the token embedding itself);
-  ModernBERT's `sparse_prediction` path is bypassed (the gather here replaces it).
+  (`api.generator_loss_and_sample`) takes the decoder weight and bias: no `[B, T, V]` logits
+  (`electra_fast.hf_mlm.mlm_head` knows where each family keeps its head).
 - The discriminator is the family's base model (`AutoModel`) plus `RtdHead` (dense -> activation -> dense to one
   logit, as ELECTRA's): no family but ELECTRA ships one. ELECTRA keeps `ElectraForPreTraining`.
 - Embedding sharing (`EMBEDDING_SHARING`): "es" (ELECTRA's) puts one token-embedding matrix in both models, so
@@ -22,14 +20,13 @@ and ELECTRA, as generator and as discriminator, built from configs, family names
 from __future__ import annotations
 
 import copy
-import json
 import os
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hf_mlm import mlm_head
 from .models import EncoderConfig
 
 FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")
@@ -48,7 +45,8 @@ def _transformers():
     return transformers
 
 
-def _family(config) -> str:
+def check_family(config) -> str:
+    """config.model_type, or a ValueError naming FAMILIES (those electra-fast pretrains)."""
     if config.model_type not in FAMILIES:
         raise ValueError(f"model_type must be one of {FAMILIES}, got {config.model_type!r}")
     return config.model_type
@@ -118,27 +116,6 @@ class GdesEmbedding(nn.Module):
         return shared + F.embedding(ids, self.delta, self.padding_idx)
 
 
-def _mlm_head(generator) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear | None, torch.Tensor | None]:
-    """(the MLM transform of hidden rows [N, H] -> [N, E], the decoder whose weight is the output embedding or
-    None where the head multiplies by the token embedding itself, the output bias [V] or None)."""
-    family = _family(generator.config)
-    if family == "bert":
-        head = generator.cls.predictions
-        return head.transform, head.decoder, head.bias
-    if family in ("roberta", "xlm-roberta"):
-        head = generator.lm_head
-        return (lambda rows: head.layer_norm(F.gelu(head.dense(rows)))), head.decoder, head.bias  # GELU hard-coded
-    if family == "deberta-v2":
-        if generator.legacy:
-            head = generator.cls.predictions
-            return head.transform, head.decoder, head.bias
-        head = generator.lm_predictions.lm_head
-        return (lambda rows: head.LayerNorm(head.transform_act_fn(head.dense(rows)))), None, head.bias
-    if family == "modernbert":
-        return generator.head, generator.decoder, generator.decoder.bias
-    return generator.generator_predictions, generator.generator_lm_head, generator.generator_lm_head.bias
-
-
 def _discriminator_parts(discriminator) -> tuple[nn.Module, nn.Module]:
     """(base model, head mapping its hidden states to logits [B, T])."""
     if isinstance(discriminator, RtdDiscriminator):
@@ -158,11 +135,11 @@ def check_shareable(generator, discriminator, embedding_sharing: str) -> None:
             "DeBERTa-v2 also take an embedding_size), or embedding_sharing 'none'")
 
 
-def _positions(config, mask: torch.Tensor) -> dict:
+def position_kwargs(config, mask: torch.Tensor) -> dict:
     """{"position_ids": [B, T]} for RoBERTa and XLM-R, numbered from the attention mask as they number them from
     `ids != pad` (pad_token_id + 1 onwards, padding at pad_token_id): a generator that samples the pad id into
     a sequence must not shift the positions of the tokens after it. {} for the other families."""
-    if _family(config) not in ("roberta", "xlm-roberta"):
+    if check_family(config) not in ("roberta", "xlm-roberta"):
         return {}
     attended = mask.long()
     return {"position_ids": attended.cumsum(1) * attended + config.pad_token_id}
@@ -179,7 +156,7 @@ class FamilyAdapter:
         self.generator_base = generator.base_model
         self.discriminator_base, self.rtd_head = _discriminator_parts(discriminator)
         self.embedding_sharing = embedding_sharing
-        self.transform, self.decoder, self.bias = _mlm_head(generator)
+        self.transform, self.decoder, self.bias = mlm_head(generator)
         if embedding_sharing != "none":
             self._share()
 
@@ -188,7 +165,7 @@ class FamilyAdapter:
         if self.embedding_sharing == "gdes":
             self.discriminator_base.set_input_embeddings(GdesEmbedding(self.generator_base.get_input_embeddings()))
             return
-        if _family(self.generator.config) == "electra" and _family(self.discriminator_base.config) == "electra":
+        if check_family(self.generator.config) == "electra" and check_family(self.discriminator_base.config) == "electra":
             self.generator_base.embeddings = self.discriminator_base.embeddings  # ELECTRA shares the whole block
         else:
             self.generator_base.set_input_embeddings(self.discriminator_base.get_input_embeddings())
@@ -201,7 +178,7 @@ class FamilyAdapter:
 
     def features(self, ids, mask):
         return self.generator_base(input_ids=ids, attention_mask=mask,
-                                   **_positions(self.generator.config, mask)).last_hidden_state
+                                   **position_kwargs(self.generator.config, mask)).last_hidden_state
 
     def output(self):
         weight = self.decoder.weight if self.decoder is not None else self.generator_base.get_input_embeddings().weight
@@ -209,7 +186,7 @@ class FamilyAdapter:
 
     def logits(self, ids, mask):
         return self.rtd_head(self.discriminator_base(
-            input_ids=ids, attention_mask=mask, **_positions(self.discriminator_base.config, mask)).last_hidden_state)
+            input_ids=ids, attention_mask=mask, **position_kwargs(self.discriminator_base.config, mask)).last_hidden_state)
 
     def shared_embedding(self):
         """The token-embedding matrix that both losses reach: the one matrix under "es", E_G under "gdes"."""
@@ -259,11 +236,11 @@ def generator_config(discriminator_config, sizing: str = "debertav3", fraction: 
     config.num_attention_heads = heads
     config.hidden_size = max(heads, round(discriminator_config.hidden_size * fraction / heads) * heads)
     config.intermediate_size = max(1, round(discriminator_config.intermediate_size * fraction))
-    if _family(config) == "deberta-v2" and not config.legacy:
+    if check_family(config) == "deberta-v2" and not config.legacy:
         raise ValueError("generator_sizing 'electra' narrows the width below the embedding's, which DeBERTa-v2's "
                          "non-legacy MLM head (a product with the token embedding itself) cannot take: use "
                          "legacy=True or generator_sizing 'debertav3'")
-    if _family(config) in ("electra", "deberta-v2"):
+    if check_family(config) in ("electra", "deberta-v2"):
         config.embedding_size = embedding_width
     for name in ("pooler_hidden_size", "head_dim"):  # DeBERTa's pooler; fields some versions derive from the width
         if getattr(config, name, None) is not None:
@@ -294,7 +271,7 @@ def build_generator(spec, *, argument: str = "generator", fields: dict | None = 
     """The family's XxxForMaskedLM: from a folder's weights when it has them, else freshly initialised."""
     transformers = _transformers()
     config = _config(spec, argument, fields or {})
-    _family(config)
+    check_family(config)
     if isinstance(spec, str) and spec not in FAMILIES and _has_weights(spec):
         return transformers.AutoModelForMaskedLM.from_pretrained(spec)
     return transformers.AutoModelForMaskedLM.from_config(config)
@@ -305,7 +282,7 @@ def build_discriminator(spec, *, argument: str = "discriminator", fields: dict |
     when it has them (an RTD head saved beside them too), else freshly initialised."""
     transformers = _transformers()
     config = _config(spec, argument, fields or {})
-    family = _family(config)
+    family = check_family(config)
     folder = spec if isinstance(spec, str) and spec not in FAMILIES and _has_weights(spec) else None
     if family == "electra":
         cls = transformers.ElectraForPreTraining
@@ -336,18 +313,18 @@ def build_models(discriminator, generator=None, *, vocab_size: int, pad_token_id
                          f"(E_delta = 0) and would drop the trained one in {discriminator}: give a folder with "
                          "config.json alone, continue a run with --resume, or choose 'es' or 'none'")
     fields = {"vocab_size": vocab_size, "pad_token_id": pad_token_id, **config_fields}
-    disc = build_discriminator(discriminator, fields=_positions_for(discriminator, fields))
+    disc = build_discriminator(discriminator, fields=positions_for(discriminator, fields))
     if generator is None:
         gen = build_generator(generator_config(disc.config, generator_sizing, generator_fraction))
     else:
-        gen = build_generator(generator, fields=_positions_for(generator, fields))
+        gen = build_generator(generator, fields=positions_for(generator, fields))
     for name, model in (("generator", gen), ("discriminator", disc)):
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"{name}: its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
     return gen, disc
 
 
-def _positions_for(spec, fields: dict) -> dict:
+def positions_for(spec, fields: dict) -> dict:
     """`fields` for a family name's config: RoBERTa and XLM-R number positions from pad_token_id + 1, so their
     table holds pad_token_id + 1 rows more than the longest sequence."""
     if isinstance(spec, str) and spec in ("roberta", "xlm-roberta") and "max_position_embeddings" in fields:
@@ -364,15 +341,6 @@ def encoder_config(config) -> EncoderConfig:
                          intermediate_size=config.intermediate_size,
                          embedding_size=getattr(config, "embedding_size", None) or config.hidden_size,
                          max_position_embeddings=config.max_position_embeddings)
-
-
-def describe(model) -> dict:
-    """The JSON form of a pretrainer's model configuration, to compare a checkpoint's with the run's."""
-    models = {name: json.loads(getattr(model, name).config.to_json_string(use_diff=True))
-              for name in ("generator", "discriminator")}
-    for config in models.values():
-        config.pop("transformers_version", None)
-    return {**models, "embedding_sharing": model._models.embedding_sharing}
 
 
 # ------------------------------------------------------------------------------------------------------ the export
@@ -418,11 +386,8 @@ def add_arguments(p) -> None:
                         "gradient-disentangled sharing; none")
 
 
-def models_from_arguments(args, *, vocab_size: int, pad_token_id: int):
-    """(generator, discriminator) of `electra-fast pretrain --discriminator ...`, checked to share their embeddings
-    as --embedding-sharing says; a family name's config takes the size flags (else the preset's sizes), the
-    tokenizer's vocabulary and pad id. Raises DataError naming the flags."""
-    from .data import DataError
+def _config_fields(args) -> dict:
+    """A family name's config fields from `electra-fast pretrain`'s size flags, else the preset's sizes."""
     from .models import PRESETS
 
     preset = PRESETS[args.preset]
@@ -432,13 +397,41 @@ def models_from_arguments(args, *, vocab_size: int, pad_token_id: int):
               "max_position_embeddings": args.max_positions}
     if args.embedding_size is not None and args.discriminator in ("electra", "deberta-v2"):
         fields["embedding_size"] = args.embedding_size
+    return fields
+
+
+def _one_line(args, error: ValueError):
+    """DataError naming the flags, for a family, folder or sizing that does not fit."""
+    from .data import DataError
+
+    flags = f"--discriminator {args.discriminator}" + (f" / --generator {args.generator}" if args.generator else "")
+    return DataError(f"{flags}: {str(error).splitlines()[0]}")
+
+
+def models_from_arguments(args, *, vocab_size: int, pad_token_id: int):
+    """(generator, discriminator) of `electra-fast pretrain --discriminator ...`, checked to share their embeddings
+    as --embedding-sharing says; a family name's config takes the size flags (else the preset's sizes), the
+    tokenizer's vocabulary and pad id. Raises DataError naming the flags."""
     try:
         generator, discriminator = build_models(args.discriminator, args.generator, vocab_size=vocab_size,
                                                 pad_token_id=pad_token_id,
                                                 generator_sizing=args.generator_sizing or "debertav3",
-                                                embedding_sharing=args.embedding_sharing, **fields)
+                                                embedding_sharing=args.embedding_sharing, **_config_fields(args))
         check_shareable(generator, discriminator, args.embedding_sharing)
-    except ValueError as e:  # a family, folder or sizing that does not fit: one line, naming what
-        raise DataError(f"--discriminator {args.discriminator} / --generator {args.generator}: "
-                        f"{str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise _one_line(args, e) from None
     return generator, discriminator
+
+
+def masked_lm_from_arguments(args, *, vocab_size: int, pad_token_id: int):
+    """The XxxForMaskedLM of `electra-fast pretrain --objective mlm --discriminator FAMILY|DIR`, sized as
+    models_from_arguments sizes the discriminator. Raises DataError naming the flag."""
+    fields = positions_for(args.discriminator, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
+                                                **_config_fields(args)})
+    try:
+        model = build_generator(args.discriminator, argument="discriminator", fields=fields)
+        if model.config.vocab_size < vocab_size:
+            raise ValueError(f"its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
+    except ValueError as e:
+        raise _one_line(args, e) from None
+    return model

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = -100  # targets of unused slots (the head's default ignore_index)
+# What the masked positions become: (share [MASK], share a uniformly random id); the rest keep their id.
+# ELECTRA's 85/0/15 (Google's code), BERT's 80/10/10.
+MASKING_SPLITS = {"electra": (0.85, 0.0), "bert": (0.8, 0.1)}
 UNUSED_POSITION = -1  # positions of unused slots
 
 

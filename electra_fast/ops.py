@@ -285,3 +285,4 @@ def _rtd_backward(ctx, grad_loss, _grad_grad):
 
 
 rtd_loss.register_autograd(_rtd_backward, setup_context=_rtd_setup_context)
+

@@ -10,14 +10,16 @@ of several families (electra_fast.hf_encoders), ELECTRA's ElectraForMaskedLM / E
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from . import api
+from . import api, flops, hf_encoders, hf_mlm
 from .hf_encoders import EMBEDDING_SHARING, FamilyAdapter
-from .masking import IGNORE_INDEX, check_max_predictions, mask_token_slots
+from .masking import IGNORE_INDEX, MASKING_SPLITS, check_max_predictions, mask_token_slots
 from .models import Discriminator, Generator, preset_configs, save_hugging_face
 
 GENERATOR_OBJECTIVES = ("mle", "adversarial")
@@ -99,7 +101,49 @@ def _padded_ids(model_vocab: int, vocab_size: int) -> torch.Tensor | None:
     return torch.arange(model_vocab) >= vocab_size if vocab_size < model_vocab else None
 
 
-class ElectraPretrainer(nn.Module):
+class Pretrainer(nn.Module):
+    """An objective, as the trainer sees it: `forward(input_ids [B, T] int64, attention_mask [B, T] | None)` ->
+    an `Output` NamedTuple whose first field is the loss to minimise (every field a 0-dim tensor, logged by name),
+    its masking (`mask_prob`, `max_predictions`, `masking`: a key of MASKING_SPLITS), and what a run records and
+    exports. A new objective subclasses it; the trainer has no case per objective."""
+
+    Output: type  # the NamedTuple forward returns
+    export_name = "discriminator"  # what the export folder holds, in words
+
+    def _init_masking(self, *, mask_token_id, vocab_size, special_token_ids, pad_token_id, mask_prob,
+                      max_predictions, masking):
+        check_max_predictions(max_predictions)
+        if masking not in MASKING_SPLITS:
+            raise ValueError(f"masking must be one of {tuple(MASKING_SPLITS)}, got {masking!r}")
+        self.mask_token_id, self.vocab_size, self.pad_token_id = mask_token_id, vocab_size, pad_token_id
+        self.special_token_ids = tuple(special_token_ids)
+        self.mask_prob, self.max_predictions, self.masking = mask_prob, max_predictions, masking
+
+    def describe(self) -> dict:
+        """The models' configurations as a checkpoint records them (a resumed run must match them)."""
+        raise NotImplementedError
+
+    def sequence_flops(self, seq_len: int) -> float:
+        """Training FLOPs of one sequence as the ELECTRA paper counts them (electra_fast.flops)."""
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str) -> None:
+        """Writes the model that fine-tuning takes, in Hugging Face format."""
+        raise NotImplementedError
+
+    def compile_encoders(self, **compile_kwargs) -> "Pretrainer":
+        """Puts the encoders under torch.compile (the fused ops stay opaque custom ops between them); returns
+        self."""
+        raise NotImplementedError
+
+
+def _hf_config(config) -> dict:
+    described = json.loads(config.to_json_string(use_diff=True))
+    described.pop("transformers_version", None)
+    return described
+
+
+class ElectraPretrainer(Pretrainer):
     """One ELECTRA pretraining step: `forward(input_ids, attention_mask=None) -> ElectraOutput`.
 
     input_ids [B, T] int64 are never modified. attention_mask [B, T] (1 = token) defaults to
@@ -116,31 +160,35 @@ class ElectraPretrainer(nn.Module):
     (a padded model vocabulary) get probability 0.
     rtd_tokens="masked" counts the RTD loss (and disc_accuracy) at the masked positions only: the paper's
     "ELECTRA 15%" ablation (its Table 5), which isolates the gain of learning from every token.
+    masking: what the masked positions become, a key of MASKING_SPLITS ("electra": 85% [MASK], 15% kept;
+    "bert": 80% [MASK], 10% a random id, 10% kept).
     """
+
+    Output = ElectraOutput
 
     def __init__(self, generator, discriminator, *, mask_token_id: int, vocab_size: int,
                  special_token_ids: Sequence[int] = (), pad_token_id: int = 0, mask_prob: float = 0.15,
                  gen_weight: float = 1.0, disc_weight: float = 50.0, temperature: float = 1.0,
                  disallow_correct: bool = False, tie_embeddings: bool = True, generator_objective: str = "mle",
                  baseline_momentum: float = 0.99, max_predictions: int | None = None, rtd_tokens: str = "all",
-                 embedding_sharing: str | None = None):
+                 embedding_sharing: str | None = None, masking: str = "electra"):
         super().__init__()
         if generator_objective not in GENERATOR_OBJECTIVES:
             raise ValueError(f"generator_objective must be one of {GENERATOR_OBJECTIVES}, got "
                              f"{generator_objective!r}")
         if rtd_tokens not in RTD_TOKENS:
             raise ValueError(f"rtd_tokens must be one of {RTD_TOKENS}, got {rtd_tokens!r}")
-        check_max_predictions(max_predictions)
+        self._init_masking(mask_token_id=mask_token_id, vocab_size=vocab_size, special_token_ids=special_token_ids,
+                           pad_token_id=pad_token_id, mask_prob=mask_prob, max_predictions=max_predictions,
+                           masking=masking)
         self.generator, self.discriminator = generator, discriminator
         self._models = _adapter(generator, discriminator, _embedding_sharing(embedding_sharing, tie_embeddings))
         self.register_buffer("padded_ids", _padded_ids(self._models.output()[0].shape[0], vocab_size),
                              persistent=False)
-        self.mask_token_id, self.vocab_size, self.pad_token_id = mask_token_id, vocab_size, pad_token_id
-        self.special_token_ids = tuple(special_token_ids)
-        self.mask_prob, self.gen_weight, self.disc_weight = mask_prob, gen_weight, disc_weight
+        self.gen_weight, self.disc_weight = gen_weight, disc_weight
         self.temperature, self.disallow_correct = temperature, disallow_correct
         self.generator_objective, self.baseline_momentum = generator_objective, baseline_momentum
-        self.max_predictions, self.rtd_tokens = max_predictions, rtd_tokens
+        self.rtd_tokens = rtd_tokens
         self.register_buffer("reward_baseline", torch.tensor(0.5))
 
     @classmethod
@@ -184,6 +232,24 @@ class ElectraPretrainer(nn.Module):
         self. Part of the recommended step on both CPU and GPU."""
         self._models.compile(compile_kwargs)
         return self
+
+    def describe(self) -> dict:
+        if isinstance(self._models, FamilyAdapter):
+            described = {name: _hf_config(getattr(self, name).config) for name in ("generator", "discriminator")}
+            described["embedding_sharing"] = self._models.embedding_sharing
+        else:
+            sharing = self._models.embedding_sharing
+            described = {"generator": dataclasses.asdict(self.generator.encoder.config),
+                         "discriminator": dataclasses.asdict(self.discriminator.encoder.config),
+                         # Recorded only when not ELECTRA's default, so that runs from before the flag still resume.
+                         **({"embedding_sharing": sharing} if sharing != "es" else {})}
+        return {**described, **_masking_record(self)}
+
+    def sequence_flops(self, seq_len: int) -> float:
+        """Hugging Face models count as the BERT-shaped encoder of their config (hf_encoders.encoder_config)."""
+        configs = [m.encoder.config if isinstance(m, (Generator, Discriminator))
+                   else hf_encoders.encoder_config(m.config) for m in (self.generator, self.discriminator)]
+        return flops.electra_train_flops(*configs, seq_len, masked_fraction=self.mask_prob)
 
     def save_discriminator(self, directory: str) -> None:
         """Saves the discriminator as a Hugging Face checkpoint, `config.json` + `model.safetensors`. The built-in
@@ -256,7 +322,13 @@ class ElectraPretrainer(nn.Module):
 
 _PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "disallow_correct", "tie_embeddings",
                     "generator_objective", "baseline_momentum", "max_predictions", "rtd_tokens",
-                    "embedding_sharing"}
+                    "embedding_sharing", "masking"}
+_MLM_ARGS = {"mask_prob", "max_predictions", "masking"}
+
+
+def _masking_record(pretrainer) -> dict:
+    """The masking split as a checkpoint records it: only when not ELECTRA's, so that older runs still resume."""
+    return {"masking": pretrainer.masking} if pretrainer.masking != "electra" else {}
 
 
 def _mask_slots(pretrainer, input_ids, attention_mask):
@@ -264,9 +336,12 @@ def _mask_slots(pretrainer, input_ids, attention_mask):
     if attention_mask is None:
         attention_mask = input_ids != pretrainer.pad_token_id
     attention_mask = attention_mask.long()
+    mask_replace_prob, random_token_prob = MASKING_SPLITS[pretrainer.masking]
     slots = mask_token_slots(input_ids, attention_mask, mask_token_id=pretrainer.mask_token_id,
                              mask_prob=pretrainer.mask_prob, max_predictions=pretrainer.max_predictions,
-                             special_token_ids=pretrainer.special_token_ids + (pretrainer.pad_token_id,))
+                             special_token_ids=pretrainer.special_token_ids + (pretrainer.pad_token_id,),
+                             mask_replace_prob=mask_replace_prob, random_token_prob=random_token_prob,
+                             vocab_size=pretrainer.vocab_size)
     return attention_mask, slots
 
 
@@ -282,53 +357,100 @@ class MlmOutput(NamedTuple):
     mlm_accuracy: torch.Tensor  # share of masked positions where the argmax is the original id
 
 
-class MlmPretrainer(nn.Module):
-    """The masked-language-model baseline ELECTRA is measured against (BERT's objective without next-sentence
-    prediction): one encoder of the discriminator's size with BERT's MLM head (dense -> GELU -> LayerNorm -> the
-    tied token embedding + bias), its loss at the masked positions from the fused head. The masking, the slots
-    and the data are ElectraPretrainer's; there is no generator and no RTD. `forward(input_ids,
-    attention_mask=None) -> MlmOutput`; `save_pretrained` writes the encoder as a Hugging Face ELECTRA masked LM,
-    which `electra-fast finetune` takes as it takes a discriminator."""
+class MlmPretrainer(Pretrainer):
+    """The masked-language-model objective (BERT's, without next-sentence prediction), ELECTRA's baseline: one
+    encoder with its MLM head, its loss at the masked positions from the fused head. The masking, the slots and
+    the data are ElectraPretrainer's; there is no generator and no RTD. `model` is the built-in encoder
+    (electra_fast.models.Generator of the discriminator's size: dense -> GELU -> LayerNorm -> the tied token
+    embedding + bias), saved as a Hugging Face ELECTRA masked LM, or a Hugging Face `XxxForMaskedLM` of a family
+    in hf_encoders.FAMILIES, whose own MLM transform runs at the masked rows (electra_fast.hf_mlm, the head that
+    `patch_masked_lm` puts in the model's forward), saved in its family's format. `forward(input_ids,
+    attention_mask=None) -> MlmOutput`; `electra-fast finetune` takes what `save_pretrained` writes."""
 
-    def __init__(self, model: Generator, *, mask_token_id: int, vocab_size: int, special_token_ids: Sequence[int] = (),
-                 pad_token_id: int = 0, mask_prob: float = 0.15, max_predictions: int | None = None):
+    Output = MlmOutput
+    export_name = "encoder"
+
+    def __init__(self, model, *, mask_token_id: int, vocab_size: int, special_token_ids: Sequence[int] = (),
+                 pad_token_id: int = 0, mask_prob: float = 0.15, max_predictions: int | None = None,
+                 masking: str = "electra"):
         super().__init__()
         if not isinstance(model, Generator):
-            raise TypeError(f"model must be an electra_fast.models.Generator, got {type(model).__name__}")
-        check_max_predictions(max_predictions)
+            if not hasattr(getattr(model, "config", None), "model_type"):
+                raise TypeError(f"model must be an electra_fast.models.Generator or a Hugging Face masked LM, got "
+                                f"{type(model).__name__}")
+            hf_encoders.check_family(model.config)
+            hf_mlm.check_masked_lm(model)
+            if model.config.vocab_size < vocab_size:
+                raise ValueError(f"model: its vocab_size {model.config.vocab_size} is below the tokenizer's "
+                                 f"{vocab_size}")
+        self._init_masking(mask_token_id=mask_token_id, vocab_size=vocab_size, special_token_ids=special_token_ids,
+                           pad_token_id=pad_token_id, mask_prob=mask_prob, max_predictions=max_predictions,
+                           masking=masking)
         self.model = model
-        self.mask_token_id, self.vocab_size, self.pad_token_id = mask_token_id, vocab_size, pad_token_id
-        self.special_token_ids = tuple(special_token_ids)
-        self.mask_prob, self.max_predictions = mask_prob, max_predictions
+        self.built_in = isinstance(model, Generator)
 
     @classmethod
     def from_preset(cls, name: str, *, vocab_size: int, mask_token_id: int, pad_token_id: int = 0,
                     special_token_ids: Sequence[int] = (), **overrides) -> "MlmPretrainer":
         """The encoder of a preset's discriminator. Overrides change the preset as for ElectraPretrainer.from_preset
-        (generator_fraction has no effect), or set mask_prob / max_predictions; ELECTRA's own arguments
+        (generator_fraction has no effect), or set mask_prob / max_predictions / masking; ELECTRA's own arguments
         (disc_weight, temperature, ...) are refused as unknown."""
-        pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in ("mask_prob", "max_predictions")}
+        pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in _MLM_ARGS}
         _, config = preset_configs(name, vocab_size=vocab_size, **overrides)
         return cls(Generator(config), mask_token_id=mask_token_id, vocab_size=vocab_size, pad_token_id=pad_token_id,
                    special_token_ids=special_token_ids, **pretrainer_args)
 
+    @classmethod
+    def from_hugging_face(cls, model, *, vocab_size: int, mask_token_id: int, pad_token_id: int = 0,
+                          special_token_ids: Sequence[int] = (), **overrides) -> "MlmPretrainer":
+        """A family's XxxForMaskedLM from a family name (its config built with vocab_size, pad_token_id and the
+        overrides that are not mask_prob / max_predictions / masking: hidden_size, num_hidden_layers, ...), a
+        transformers config, or a local folder (its weights loaded when present)."""
+        pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in _MLM_ARGS}
+        fields = hf_encoders.positions_for(model, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
+                                                   **overrides})
+        return cls(hf_encoders.build_generator(model, argument="model", fields=fields), mask_token_id=mask_token_id,
+                   vocab_size=vocab_size, pad_token_id=pad_token_id, special_token_ids=special_token_ids,
+                   **pretrainer_args)
+
+    def _encoder(self):
+        return self.model.encoder if self.built_in else self.model.base_model
+
     def compile_encoders(self, **compile_kwargs) -> "MlmPretrainer":
-        self.model.encoder.compile(**compile_kwargs)
+        self._encoder().compile(**compile_kwargs)
         return self
 
+    def describe(self) -> dict:
+        config = dataclasses.asdict(self.model.encoder.config) if self.built_in else _hf_config(self.model.config)
+        return {"encoder": config, **_masking_record(self)}
+
+    def sequence_flops(self, seq_len: int) -> float:
+        config = self.model.encoder.config if self.built_in else hf_encoders.encoder_config(self.model.config)
+        return flops.encoder_train_flops(config, seq_len, masked_fraction=self.mask_prob)
+
     def save_pretrained(self, directory: str) -> None:
-        """The encoder and its MLM head as transformers' ElectraForMaskedLM (config.json + model.safetensors)."""
-        save_hugging_face(self.model, directory, pad_token_id=self.pad_token_id)
+        """The built-in encoder and its MLM head as transformers' ElectraForMaskedLM; a Hugging Face model in its
+        own format (config.json + model.safetensors), which the family's AutoModelForMaskedLM loads."""
+        if self.built_in:
+            save_hugging_face(self.model, directory, pad_token_id=self.pad_token_id)
+        else:
+            self.model.save_pretrained(directory)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MlmOutput:
         attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
         positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
-        # The head's transform at the masked slots only, as for ELECTRA's generator.
-        rows = self.model.transform(_slot_rows(self.model.encoder(slots.masked_ids, attention_mask), positions))
         # The fused head samples too (its cost is a few hundred ids per row); the sample is unused here.
-        loss, _, predicted = api.generator_loss_and_sample(
-            rows, self.model.output_weight, self.model.output_bias, targets,
-            seed=api.resolve_seed(None, input_ids.device), ignore_index=IGNORE_INDEX)
+        seed = api.resolve_seed(None, input_ids.device)
+        if self.built_in:
+            # The head's transform at the masked slots only, as for ELECTRA's generator.
+            rows = self.model.transform(_slot_rows(self.model.encoder(slots.masked_ids, attention_mask), positions))
+            loss, _, predicted = api.generator_loss_and_sample(
+                rows, self.model.output_weight, self.model.output_bias, targets, seed=seed, ignore_index=IGNORE_INDEX)
+        else:
+            features = self.model.base_model(input_ids=slots.masked_ids, attention_mask=attention_mask,
+                                             **hf_encoders.position_kwargs(self.model.config, attention_mask))[0]
+            loss, _, predicted = hf_mlm.fused_mlm_loss(self.model, _slot_rows(features, positions), targets,
+                                                       vocab_size=self.vocab_size, seed=seed)
         with torch.no_grad():
             accuracy = ((predicted == targets) & valid).sum().float() / valid.sum().clamp_min(1)
         return MlmOutput(loss, loss.detach(), accuracy)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import hashlib
+import functools
 import json
 import math
 import os
@@ -34,18 +33,17 @@ import time
 
 import torch
 
-from . import checkpoint, data, flops, hf_encoders, prepare
+from . import checkpoint, data, hf_encoders, prepare
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
-from .models import PRESETS, Discriminator, Generator
-from .pretrainer import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
+from .models import PRESETS
+from .masking import MASKING_SPLITS
+from .pretrainer import ElectraPretrainer, MlmPretrainer, Pretrainer
 from .settings import set_value_checks
 
 # The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
 DEFAULT_LAYERS = 2
-# ELECTRA; "ELECTRA 15%" (the paper's Table 5: the RTD loss at the masked positions only); BERT's masked LM.
-OBJECTIVES = ("electra", "electra-15", "mlm")
 _PROGRESS_NAMES = {"loss": "loss", "mlm_loss": "mlm", "rtd_loss": "rtd", "gen_accuracy": "gen_acc",
                    "disc_accuracy": "disc_acc", "mlm_accuracy": "mlm_acc"}
 EXIT_BAD_INPUT = 2
@@ -56,10 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="token shards that `electra-fast prepare` wrote (memory-mapped); else --corpus is prepared "
                         "into OUT/data first")
     prepare.add_arguments(p, out_flag=False)
-    p.add_argument("--objective", default="electra", choices=OBJECTIVES,
+    p.add_argument("--objective", default="electra", choices=list(OBJECTIVES),
                    help="electra (default); electra-15: the RTD loss at the masked positions only (the paper's "
-                        "ablation); mlm: the masked-language-model baseline, one encoder of the discriminator's size "
-                        "(exported as an ELECTRA masked LM, which finetune takes too)")
+                        "ablation); mlm: masked-language modelling, one encoder of the discriminator's size (the "
+                        "built-in one, exported as an ELECTRA masked LM, or --discriminator's family, exported as "
+                        "its XxxForMaskedLM; finetune takes either)")
+    p.add_argument("--masking", default="electra", choices=sorted(MASKING_SPLITS),
+                   help="what the masked positions become: electra, 85%% [MASK] and 15%% kept (default); bert, 80%% "
+                        "[MASK], 10%% a random id, 10%% kept")
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
     p.add_argument("--num-layers", type=int, default=DEFAULT_LAYERS,
                    help=f"encoder layers (default {DEFAULT_LAYERS}; the paper's small preset has 12)")
@@ -135,9 +137,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         if args.embedding_sharing == "gdes":
             raise DataError("--embedding-sharing gdes needs --discriminator (Hugging Face models); the built-in "
                             "ELECTRA pair takes es or none")
-    if args.objective == "mlm" and (args.discriminator or args.embedding_sharing != "es"):
-        raise DataError("--objective mlm trains the built-in encoder alone (--preset and the size flags): "
-                        "--discriminator and --embedding-sharing are for the RTD objectives")
+    if args.objective == "mlm":
+        for flag, value in (("--generator", args.generator), ("--generator-sizing", args.generator_sizing),
+                            ("--embedding-sharing", None if args.embedding_sharing == "es" else args.embedding_sharing)):
+            if value is not None:
+                raise DataError(f"--objective mlm trains one encoder (the built-in one, or --discriminator's family): "
+                                f"{flag} is for the RTD objectives")
     if args.data and args.corpus:
         raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
     if args.seq_len > args.max_positions:
@@ -239,8 +244,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
     torch.manual_seed(args.seed)
     model = _build_model(args, tokenizer.get_vocab_size(), specials).to(device)
-    metric_names = _metric_names(model)
-    step_flops = args.batch_size * args.grad_accum * dist.world * _sequence_flops(model, args.seq_len)
+    metric_names = model.Output._fields
+    step_flops = args.batch_size * args.grad_accum * dist.world * model.sequence_flops(args.seq_len)
     if args.max_flops is not None:
         args.steps = int(args.max_flops // step_flops)
         if args.steps < 1:
@@ -257,7 +262,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         warmup = saved["warmup_steps"] if saved else max(1, args.steps // 10)
     config = {
         # Written only when not ELECTRA, so that runs from before --objective existed still resume.
-        **({"objective": args.objective} if args.objective != "electra" else {}), "model": _model_configs(model),
+        **({"objective": args.objective} if args.objective != "electra" else {}), "model": model.describe(),
         "tokenizer": data.tokenizer_fingerprint(tokenizer), "data": tokens.fingerprint,
         "valid_sequences": windows.valid,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
@@ -345,18 +350,17 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         if log is not None:
             log.file.close()
     if rank == 0:
-        export = os.path.join(args.out, "discriminator")
+        export = os.path.join(args.out, "discriminator")  # the folder's name whatever the objective exports
         _export(export, model, tokenizer, step=args.steps, flops=args.steps * step_flops)
         _plot(log.path, os.path.join(args.out, "loss.png"))
         if metrics is not None:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + "".join(f" valid_{k} {v:.4f}" for k, v in valid.items())
-                  + f" | {tokens_per_s:.0f} tokens/s | {'encoder' if args.objective == 'mlm' else 'discriminator'}: "
-                  f"{export}")
+                  + f" | {tokens_per_s:.0f} tokens/s | {model.export_name}: {export}")
     return 0
 
 
-def _export(folder: str, model: ElectraPretrainer | MlmPretrainer, tokenizer, *, step: int, flops: float) -> None:
+def _export(folder: str, model: Pretrainer, tokenizer, *, step: int, flops: float) -> None:
     """The discriminator (the MLM baseline's encoder) in Hugging Face format with its tokenizer; its config.json
     records the pretraining step and training FLOPs that made it."""
     def fill(temporary):
@@ -416,11 +420,11 @@ def _valid_sequences(args, tokens: data.TokenData) -> int:
 
 
 @torch.no_grad()
-def _evaluate(model: ElectraPretrainer | MlmPretrainer, windows: data.Windows, batch_size: int, bf16: bool,
+def _evaluate(model: Pretrainer, windows: data.Windows, batch_size: int, bf16: bool,
               pad_id: int, dist: _Distributed) -> dict:
     """Each metric averaged over the validation split (each rank its share), with dropout off and a fixed seed for
     the masking and sampling, so that validations compare across steps; leaves training's RNG state as it was."""
-    metric_names = _metric_names(model)
+    metric_names = model.Output._fields
     sums = torch.zeros(len(metric_names) + 1, device=dist.device, dtype=torch.float64)
     mine = windows.validation(dist.rank, dist.world)
     was_training = model.training
@@ -440,7 +444,7 @@ def _evaluate(model: ElectraPretrainer | MlmPretrainer, windows: data.Windows, b
     return dict(zip(metric_names, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
 
 
-def _step_model(model: ElectraPretrainer | MlmPretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
+def _step_model(model: Pretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
     """What each micro-batch calls: the pretrainer itself, or its whole step (the forward, and the backward
     AOTAutograd derives from it) compiled as one graph; with cuda_graphs also captured as CUDA graphs and
     replayed (torch.compile's "reduce-overhead"), with the value checks off: each would be a host sync inside the
@@ -468,47 +472,33 @@ def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: 
     return totals
 
 
-def _build_model(args, vocab_size: int, specials: dict) -> ElectraPretrainer | MlmPretrainer:
+def _build_model(args, vocab_size: int, specials: dict) -> Pretrainer:
     """The pretrainer of --objective with the tokenizer's special ids: Hugging Face models with --discriminator
     (electra_fast.hf_encoders), else the built-in ones from --preset and the size flags."""
     ids = dict(vocab_size=vocab_size, mask_token_id=specials["[MASK]"], pad_token_id=specials["[PAD]"],
-               special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]))
-    rtd_tokens = {"rtd_tokens": "masked"} if args.objective == "electra-15" else {}
+               special_token_ids=(specials["[CLS]"], specials["[SEP]"], specials["[UNK]"]), masking=args.masking)
+    return OBJECTIVES[args.objective](args, ids)
+
+
+def _electra(args, ids: dict, **options) -> ElectraPretrainer:
     if args.discriminator:
-        models = hf_encoders.models_from_arguments(args, vocab_size=vocab_size, pad_token_id=ids["pad_token_id"])
-        return ElectraPretrainer(*models, embedding_sharing=args.embedding_sharing, **ids, **rtd_tokens)
-    if args.objective == "mlm":
-        return MlmPretrainer.from_preset(args.preset, **ids, **_model_overrides(args))
-    return ElectraPretrainer.from_preset(args.preset, **ids, **_model_overrides(args), **rtd_tokens,
+        models = hf_encoders.models_from_arguments(args, vocab_size=ids["vocab_size"], pad_token_id=ids["pad_token_id"])
+        return ElectraPretrainer(*models, embedding_sharing=args.embedding_sharing, **ids, **options)
+    return ElectraPretrainer.from_preset(args.preset, **ids, **_model_overrides(args), **options,
                                          embedding_sharing=args.embedding_sharing)
 
 
-def _metric_names(model: ElectraPretrainer | MlmPretrainer) -> tuple[str, ...]:
-    """The names of what the model's forward returns, in order: what log.jsonl records each step."""
-    return (MlmOutput if isinstance(model, MlmPretrainer) else ElectraOutput)._fields
+def _mlm(args, ids: dict) -> MlmPretrainer:
+    if args.discriminator:
+        model = hf_encoders.masked_lm_from_arguments(args, vocab_size=ids["vocab_size"],
+                                                     pad_token_id=ids["pad_token_id"])
+        return MlmPretrainer(model, **ids)
+    return MlmPretrainer.from_preset(args.preset, **ids, **_model_overrides(args))
 
 
-def _model_configs(model: ElectraPretrainer | MlmPretrainer) -> dict:
-    """The models' configurations as the checkpoint records them (a resumed run must match them)."""
-    if isinstance(model, MlmPretrainer):
-        return {"encoder": dataclasses.asdict(model.model.encoder.config)}
-    if isinstance(model.generator, Generator):
-        sharing = model._models.embedding_sharing
-        return {"generator": dataclasses.asdict(model.generator.encoder.config),
-                "discriminator": dataclasses.asdict(model.discriminator.encoder.config),
-                # Recorded only when not ELECTRA's default, so that runs from before the flag still resume.
-                **({"embedding_sharing": sharing} if sharing != "es" else {})}
-    return hf_encoders.describe(model)
-
-
-def _sequence_flops(model: ElectraPretrainer | MlmPretrainer, seq_len: int) -> float:
-    """Training FLOPs of one sequence as the paper counts them (electra_fast.flops; Hugging Face models as the
-    BERT-shaped encoder of their config, hf_encoders.encoder_config)."""
-    if isinstance(model, MlmPretrainer):
-        return flops.encoder_train_flops(model.model.encoder.config, seq_len, masked_fraction=model.mask_prob)
-    configs = [m.encoder.config if isinstance(m, (Generator, Discriminator)) else hf_encoders.encoder_config(m.config)
-               for m in (model.generator, model.discriminator)]
-    return flops.electra_train_flops(*configs, seq_len, masked_fraction=model.mask_prob)
+# --objective: each builds its Pretrainer from the arguments and the tokenizer's ids. ELECTRA; "ELECTRA 15%" (the
+# paper's Table 5: the RTD loss at the masked positions only); masked-language modelling.
+OBJECTIVES = {"electra": _electra, "electra-15": functools.partial(_electra, rtd_tokens="masked"), "mlm": _mlm}
 
 
 def _model_overrides(args) -> dict:

@@ -68,3 +68,31 @@ def interrupted_at_step(monkeypatch, step: int):
         yield
     finally:
         monkeypatch.setattr(trainer._Log, "write", real_write)
+
+
+TINY_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  max_position_embeddings=64)
+# Every Hugging Face family electra-fast knows, DeBERTa-v2 with its three heads: legacy, legacy with an embedding
+# projection, non-legacy. name -> (model_type, config fields beyond TINY_SIZES).
+TINY_FAMILIES = {"bert": ("bert", {}), "roberta": ("roberta", {}), "xlm-roberta": ("xlm-roberta", {}),
+                 "deberta-v3": ("deberta-v2", dict(relative_attention=True, position_biased_input=False,
+                                                   pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
+                                                   position_buckets=16)),
+                 "deberta-v2-projected": ("deberta-v2", dict(embedding_size=16)),
+                 "deberta-v2-non-legacy": ("deberta-v2", dict(legacy=False)),
+                 "modernbert": ("modernbert", {}), "electra": ("electra", {}), "distilbert": ("distilbert", {})}
+
+
+def tiny_config(name: str, *, vocab_size: int, pad_token_id: int, **changes):
+    """A tiny transformers config of TINY_FAMILIES[name], dropout off (DistilBERT's fields have other names)."""
+    import transformers
+
+    from electra_fast import hf_encoders
+
+    family, extra = TINY_FAMILIES[name]
+    if family == "distilbert":
+        return transformers.DistilBertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, dim=32, n_layers=2,
+                                             n_heads=2, hidden_dim=64, max_position_embeddings=64, dropout=0.0,
+                                             attention_dropout=0.0, **changes)
+    return hf_encoders.family_config(family, vocab_size=vocab_size, pad_token_id=pad_token_id, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0, **{**TINY_SIZES, **extra, **changes})

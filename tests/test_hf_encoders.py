@@ -15,25 +15,14 @@ transformers = pytest.importorskip("transformers")
 import electra_fast  # noqa: E402
 from electra_fast import ElectraOutput, ElectraPretrainer, api, hf_encoders  # noqa: E402
 from electra_fast.masking import IGNORE_INDEX  # noqa: E402
-from helpers import fit_fixed_batch, interrupted_at_step, padded_batch  # noqa: E402
+from helpers import TINY_FAMILIES, TINY_SIZES, fit_fixed_batch, interrupted_at_step, padded_batch, tiny_config  # noqa: E402
 
 V, PAD, CLS, SEP, MASK = 120, 0, 1, 2, 3
-SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-             max_position_embeddings=64)
-# Every family, and DeBERTa-v2's three heads: legacy, legacy with an embedding projection, non-legacy.
-FAMILIES = {"bert": ("bert", {}), "roberta": ("roberta", {}), "xlm-roberta": ("xlm-roberta", {}),
-            "deberta-v3": ("deberta-v2", dict(relative_attention=True, position_biased_input=False,
-                                              pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
-                                              position_buckets=16)),
-            "deberta-v2-projected": ("deberta-v2", dict(embedding_size=16)),
-            "deberta-v2-non-legacy": ("deberta-v2", dict(legacy=False)),
-            "modernbert": ("modernbert", {}), "electra": ("electra", {})}
+FAMILIES = {name: spec for name, spec in TINY_FAMILIES.items() if spec[0] != "distilbert"}  # RTD: no DistilBERT
 
 
 def _config(name, **changes):
-    family, extra = FAMILIES[name]
-    return hf_encoders.family_config(family, vocab_size=V, pad_token_id=PAD, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0, **{**SIZES, **extra, **changes})
+    return tiny_config(name, vocab_size=V, pad_token_id=PAD, **changes)
 
 
 def _pretrainer(name, embedding_sharing="es", vocab_size=V, **changes):
@@ -247,7 +236,7 @@ def test_generator_sizing():
     # ELECTRA's sizing narrows BERT's embedding with the width: sharing it is refused, naming the way out.
     with pytest.raises(ValueError, match="embedding_sharing 'es' needs token embeddings of one shape"):
         ElectraPretrainer.from_hugging_face("bert", vocab_size=V, mask_token_id=MASK, generator_sizing="electra",
-                                            **SIZES)
+                                            **TINY_SIZES)
     with pytest.raises(ValueError, match="family"):
         ElectraPretrainer.from_hugging_face("gpt2", vocab_size=V, mask_token_id=MASK)
 
@@ -327,9 +316,11 @@ def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_
 
 @pytest.mark.parametrize("flags,message", [
     (["--generator", "bert"], "--generator needs --discriminator"),
-    (["--discriminator", "gpt2"], "--discriminator gpt2 / --generator None: discriminator must be a family"),
+    (["--discriminator", "gpt2"], "--discriminator gpt2: discriminator must be a family"),
     (["--discriminator", "bert", "--generator-sizing", "electra"], "needs token embeddings of one shape"),
-    (["--discriminator", "bert", "--objective", "mlm"], "--objective mlm trains the built-in encoder"),
+    (["--discriminator", "bert", "--objective", "mlm", "--embedding-sharing", "none"],
+     "--embedding-sharing is for the RTD objectives"),
+    (["--objective", "mlm", "--generator", "bert"], "--generator needs --discriminator"),
     (["--embedding-sharing", "gdes"], "--embedding-sharing gdes needs --discriminator"),
     (["--generator-sizing", "electra"], "--generator-sizing needs --discriminator"),
 ])
@@ -347,6 +338,31 @@ def test_electra_15_objective_takes_hugging_face_models(tmp_path, roberta_corpus
     assert config["objective"] == "electra-15"
     with open(tmp_path / "log.jsonl") as f:
         assert all(0 <= json.loads(line)["disc_accuracy"] <= 1 for line in f)
+
+
+def test_mlm_objective_pretrains_a_hugging_face_family_and_exports_its_masked_lm(tmp_path, roberta_corpus):
+    from safetensors.torch import load_file
+
+    from electra_fast import checkpoint
+
+    assert _pretrain(tmp_path, roberta_corpus, "--discriminator", "roberta", "--objective", "mlm",
+                     "--masking", "bert") == 0
+    config = checkpoint.read_manifest(checkpoint.latest(tmp_path))["config"]
+    assert config["objective"] == "mlm" and config["model"]["masking"] == "bert"
+    assert config["model"]["encoder"]["model_type"] == "roberta"
+    with open(tmp_path / "log.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all(r["mlm_loss"] > 0 for r in records)
+    export = str(tmp_path / "discriminator")
+    model = transformers.AutoModelForMaskedLM.from_pretrained(export)
+    assert type(model) is transformers.RobertaForMaskedLM
+    trained = load_file(os.path.join(checkpoint.latest(tmp_path), checkpoint.WEIGHTS))
+    exported = model.state_dict()
+    assert all(torch.equal(exported[k.removeprefix("model.")], v) for k, v in trained.items())
+    assert transformers.AutoTokenizer.from_pretrained(export).mask_token == "<mask>"
+    # The masking is part of the run: resuming with the other split is refused.
+    assert _pretrain(tmp_path, roberta_corpus, "--discriminator", "roberta", "--objective", "mlm", "--resume",
+                     "--steps", "6") == 2
 
 
 def test_tie_embeddings_is_the_older_spelling_of_es_and_none():
@@ -375,7 +391,7 @@ def test_finetune_takes_the_exported_folder(tmp_path, roberta_corpus, name):
     torch.manual_seed(0)
     model = ElectraPretrainer.from_hugging_face(
         FAMILIES[name][0], vocab_size=tokenizer.get_vocab_size(), mask_token_id=specials["[MASK]"],
-        pad_token_id=specials["[PAD]"], embedding_sharing="gdes", **{**SIZES, **FAMILIES[name][1]})
+        pad_token_id=specials["[PAD]"], embedding_sharing="gdes", **{**TINY_SIZES, **FAMILIES[name][1]})
     folder = tmp_path / "discriminator"
     model.save_discriminator(str(folder))
     data.save_tokenizer(tokenizer, str(folder))

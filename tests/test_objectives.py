@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import electra_fast
 from electra_fast import ElectraPretrainer, MlmPretrainer, api, mask_token_slots
-from helpers import padded_batch
+from electra_fast.masking import MASKING_SPLITS
+from electra_fast.pretrainer import _mask_slots
+from helpers import TINY_FAMILIES, padded_batch, tiny_config
 
 V, MASK, CLS, SEP, PAD = 150, 3, 1, 2, 0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +36,10 @@ def _mlm():
 def _same_slots(model, ids, mask, seed):
     """The slots the pretrainer drew with torch seeded to `seed` (masking is its first draw)."""
     torch.manual_seed(seed)
+    replace_prob, random_prob = MASKING_SPLITS[model.masking]
     return mask_token_slots(ids, mask, mask_token_id=MASK, mask_prob=model.mask_prob,
-                            special_token_ids=(CLS, SEP, PAD))
+                            special_token_ids=(CLS, SEP, PAD), mask_replace_prob=replace_prob,
+                            random_token_prob=random_prob, vocab_size=V)
 
 
 def test_mlm_is_the_discriminator_sized_encoder_with_bert_head():
@@ -94,6 +99,58 @@ def test_mlm_export_loads_as_hugging_face_masked_lm_and_for_finetuning(tmp_path)
     assert type(loaded) is type(mlm.model)
     assert all(torch.equal(v, mlm.model.state_dict()[k]) for k, v in loaded.state_dict().items())
     torch.testing.assert_close(load_discriminator_encoder(str(tmp_path))(ids, mask), mlm.model.encoder(ids, mask))
+
+
+HF_FAMILIES = [name for name, (family, _) in TINY_FAMILIES.items() if family != "distilbert"]
+
+
+@pytest.mark.parametrize("name", HF_FAMILIES)
+def test_mlm_of_a_hugging_face_family_equals_its_own_masked_lm_at_the_masked_positions(name):
+    """Float64 on the reference backend: loss, accuracy and every gradient against the family's unpatched
+    XxxForMaskedLM scoring every position, at the slots the pretrainer drew (BERT's split: random ids too)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    model = transformers.AutoModelForMaskedLM.from_config(tiny_config(name, vocab_size=V, pad_token_id=PAD)).double()
+    mlm = MlmPretrainer(model, mask_token_id=MASK, vocab_size=V, special_token_ids=(CLS, SEP), masking="bert")
+    ids, mask = _batch()
+    torch.manual_seed(7)
+    with electra_fast.use_backend("reference"):
+        out = mlm(ids, mask)
+        out.loss.backward()
+    ours = {n: p.grad.clone() for n, p in mlm.named_parameters() if p.grad is not None}
+    mlm.zero_grad()
+    slots = _same_slots(mlm, ids, mask, 7)
+    valid = slots.valid.view(-1)
+    positions, targets = slots.positions.view(-1)[valid], slots.targets.view(-1)[valid]
+    positions_kw = {"position_ids": mask.cumsum(1) * mask + PAD} if name in ("roberta", "xlm-roberta") else {}
+    logits = model(input_ids=slots.masked_ids, attention_mask=mask, **positions_kw).logits.view(-1, V)[positions]
+    truth = F.cross_entropy(logits, targets)
+    truth.backward()
+    torch.testing.assert_close(out.loss, truth, rtol=1e-12, atol=0)
+    assert out.mlm_accuracy.item() == pytest.approx((logits.argmax(-1) == targets).double().mean().item())
+    scale = max(p.grad.abs().max() for p in mlm.parameters() if p.grad is not None)
+    for n, p in mlm.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(ours[n], p.grad, rtol=0, atol=1e-10 * scale, msg=n)
+
+
+@pytest.mark.parametrize("masking", sorted(MASKING_SPLITS))
+def test_masking_split_of_the_masked_positions(masking):
+    """Over ~12,000 masked positions: the share that became [MASK], a random id, or kept their id, within 5
+    standard deviations of the split (a random id equal to the original counts as kept: 1/V of the random)."""
+    mlm = MlmPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, special_token_ids=(CLS, SEP),
+                                    masking=masking, **SIZE)
+    ids, mask = padded_batch([200] * 400, 200, V, cls=CLS, sep=SEP, pad=PAD, seed=3)
+    torch.manual_seed(0)
+    _, slots = _mask_slots(mlm, ids, mask)
+    valid = slots.valid.view(-1)
+    seen = slots.masked_ids.view(-1)[slots.positions.view(-1)[valid]]
+    original = slots.targets.view(-1)[valid]
+    n = valid.sum().item()
+    replace_prob, random_prob = MASKING_SPLITS[masking]
+    kept_prob = 1 - replace_prob - random_prob + random_prob / V
+    for share, p in (((seen == MASK).float().mean(), replace_prob), ((seen == original).float().mean(), kept_prob)):
+        assert abs(share.item() - p) <= 5 * (p * (1 - p) / n) ** 0.5 + 1e-9, (masking, share.item(), p)
 
 
 def test_mlm_pretrainer_refuses_a_discriminator():
