@@ -33,17 +33,32 @@ class DataError(ValueError):
 # -------------------------------------------------------------------------------------------------------- tokenizer
 
 def train_tokenizer(documents: Iterable[str], vocab_size: int):
-    """A lower-casing BERT-style WordPiece tokenizer with the specials [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4.
+    """A lower-casing BERT-style WordPiece tokenizer with the specials [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0-4,
+    the same, ids included, for the same documents on every run and machine with one version of `tokenizers`.
 
-    The trainer breaks ties between equally frequent pairs in hash order, so two trainings on one corpus may
-    differ: a run saves its tokenizer, and `--tokenizer` reuses one."""
+    `documents` is read twice (a list, or an iterable whose every iteration starts from the beginning). The
+    trainer numbers each symbol seen inside a word ("##e") when it first meets it in a hash map whose order a
+    per-process random seed sets, and breaks ties between equally frequent pairs by those numbers: alone it gives
+    different vocabularies (different tokens, not only ids) for one corpus. So a first pass that stops before any
+    merge collects the symbols, and the second trains with them numbered up front: after the specials, every
+    character in code point order, then every "##" symbol in code point order. Merged tokens follow in the order
+    the trainer merged them."""
     from tokenizers import Tokenizer, models, trainers
 
-    tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))
-    tokenizer.train_from_iterator(documents, trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                                                       special_tokens=list(SPECIALS),
-                                                                       show_progress=False))
-    return _bert_pipeline(tokenizer)  # now that [CLS] and [SEP] have ids
+    def model_vocab(size: int, numbered_first: list[str]) -> dict[str, int]:
+        tokenizer = _bert_pipeline(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+        tokenizer.train_from_iterator(documents, trainers.WordPieceTrainer(vocab_size=size,
+                                                                           special_tokens=numbered_first,
+                                                                           show_progress=False))
+        return tokenizer.get_vocab(with_added_tokens=False)
+
+    symbols = set(model_vocab(0, list(SPECIALS))) - set(SPECIALS)  # vocab_size 0: no merge
+    characters = sorted(s for s in symbols if len(s) == 1)
+    vocab = model_vocab(vocab_size, [*SPECIALS, *characters, *sorted(symbols - set(characters))])
+    # Built afresh so that only the five specials are added tokens (the trainer adds everything numbered first).
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.add_special_tokens(list(SPECIALS))
+    return _bert_pipeline(tokenizer)
 
 
 def _bert_pipeline(tokenizer):

@@ -1,18 +1,21 @@
 """`electra-fast prepare`: a corpus of any size into memory-mapped token shards, in bounded memory, on every core.
 
-    DATA/tokenizer/          the tokenizer (trained on a streamed sample of the corpus, or the one given)
+    DATA/.lock               held by the run that writes DATA (electra_fast.locking); a second one is refused
+    DATA/tokenizer/          the tokenizer (trained on a streamed sample of the corpus, or the one given): the same
+                             ids for the same corpus and settings on every run (electra_fast.data.train_tokenizer)
     DATA/shard-NNNNN.bin     token ids, little-endian, in the narrowest unsigned type the vocabulary allows;
                              the shards one after the other are the corpus's token stream: each document's
                              tokens, with [SEP] between documents
     DATA/progress.json       while unfinished: the shards done and the record where the next one starts
-    DATA/index.json          written last: format, tokenizer fingerprint, dtype, every shard's tokens and sha256,
-                             documents, sources and their sizes
+    DATA/index.json          written last: format, tokenizer fingerprint and the version of `tokenizers` that
+                             trained it, dtype, every shard's tokens and sha256, documents, sources and their sizes
 
 The main process reads records (electra_fast.corpus) in batches of about BATCH_BYTES of text and keeps at most
 2 x workers batches in flight to worker processes, which tokenize them (`tokenizers`, one thread each); it
 writes their tokens in corpus order. Each shard is written under a temporary name, flushed and renamed, then
 progress.json is replaced; a shard ends at the first record boundary past `shard_tokens` tokens, so a rerun
 on an unfinished DATA restarts at the record after the last shard and writes the same bytes as a run left alone.
+The bytes depend on the corpus and the settings only, never on --workers.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import checkpoint, corpus, data
+from . import checkpoint, corpus, data, locking
 from .corpus import CorpusError, CorpusReader, Source
 from .data import FORMAT, INDEX, PROGRESS, TOKENIZER, DataError
 
@@ -109,55 +112,59 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
             shard_tokens: int = DEFAULT_SHARD_TOKENS, document_per: str = "line", text_field: str = "text",
             skip_bad_lines: bool = False, progress: bool = True) -> dict:
     """Prepares the corpus at `paths` (None: the built-in one) into the folder `out`, continuing an unfinished
-    run there; returns the index. Raises DataError or CorpusError for bad input, before anything is written
-    where it can."""
+    run there; returns the index. Holds the lock of `out` throughout (locking.FolderInUse if another process
+    holds it). Raises DataError or CorpusError for bad input, before anything is written where it can."""
     sources = corpus.find_sources(paths)
-    reading = dict(document_per=document_per, text_field=text_field, skip_bad_lines=skip_bad_lines)
-    tokenizer, saved = _tokenizer(out, sources, tokenizer_dir, vocab_size, tokenizer_sample, reading)
-    settings = {"sources": [[s.path, s.size, s.modified] for s in sources], "documents": document_per,
-                "text_field": text_field, "skip_bad_lines": skip_bad_lines,
-                "tokenizer": data.tokenizer_fingerprint(tokenizer), "shard_tokens": shard_tokens,
-                "tokenizer_trained_with": None if tokenizer_dir else {"vocab_size": vocab_size,
-                                                                      "sample_bytes": tokenizer_sample}}
-    index = _read_json(os.path.join(out, INDEX))
-    if index is not None:
-        _same_settings(out, index["settings"], settings)
-        return index
-    state = _read_json(os.path.join(out, PROGRESS))
-    if state is not None:
-        _same_settings(out, state["settings"], settings)
-    else:
-        state = {"format": FORMAT, "settings": settings, "shards": [], "next": [0, 0], "documents": 0, "tokens": 0,
-                 "pending_document": False, "bad_lines": 0}
-
-    if os.path.isdir(out):
+    with locking.exclusive(out):
+        reading = dict(document_per=document_per, text_field=text_field, skip_bad_lines=skip_bad_lines)
+        tokenizer, saved = _tokenizer(out, sources, tokenizer_dir, vocab_size, tokenizer_sample, reading)
+        trained_now = not (tokenizer_dir or saved)
+        settings = {"sources": [[s.path, s.size, s.modified] for s in sources], "documents": document_per,
+                    "text_field": text_field, "skip_bad_lines": skip_bad_lines,
+                    "tokenizer": data.tokenizer_fingerprint(tokenizer), "shard_tokens": shard_tokens,
+                    "tokenizer_trained_with": None if tokenizer_dir else {"vocab_size": vocab_size,
+                                                                          "sample_bytes": tokenizer_sample}}
+        index = _read_json(os.path.join(out, INDEX))
+        if index is not None:
+            _same_settings(out, index["settings"], settings)
+            return index
+        state = _read_json(os.path.join(out, PROGRESS))
+        if state is not None:
+            _same_settings(out, state["settings"], settings)
+        else:
+            state = {"format": FORMAT, "settings": settings, "shards": [], "next": [0, 0], "documents": 0,
+                     "tokens": 0, "pending_document": False, "bad_lines": 0,
+                     "tokenizer_trainer": _trainer() if trained_now else None}
         _remove_unrecorded_shards(out, len(state["shards"]))
 
-    def first_write():  # DATA and its tokenizer appear only once there are tokens to write, with the settings
-        os.makedirs(out, exist_ok=True)
-        if not saved:
-            checkpoint.write_folder(os.path.join(out, TOKENIZER), lambda f: data.save_tokenizer(tokenizer, f))
-        _write_json(os.path.join(out, PROGRESS), state)
+        def first_write():  # the tokenizer appears only once there are tokens to write, with the settings
+            if not saved:
+                checkpoint.write_folder(os.path.join(out, TOKENIZER), lambda f: data.save_tokenizer(tokenizer, f))
+            _write_json(os.path.join(out, PROGRESS), state)
 
-    dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if tokenizer.get_vocab_size() <= np.iinfo(t).max + 1)
-    writer = _ShardWriter(out, state, dtype, shard_tokens, data.special_ids(tokenizer)["[SEP]"], first_write)
-    reader = CorpusReader(sources, start=tuple(state["next"]), **reading)
-    try:
-        _tokenize(reader, tokenizer, writer, workers or os.cpu_count() or 1, progress, sum(s.size for s in sources))
-        writer.finish()
-    except BaseException:
-        writer.abandon()
-        raise
-    if writer.state["tokens"] == 0:
-        raise DataError(f"--corpus: no text in {' '.join(paths or [corpus.BUILTIN])} (the corpus is empty)")
-    index = {"format": FORMAT, "tokenizer": settings["tokenizer"], "vocab_size": tokenizer.get_vocab_size(),
-             "dtype": np.dtype(dtype).name, "specials": data.special_ids(tokenizer),
-             "tokens": writer.state["tokens"], "documents": writer.state["documents"],
-             "bad_lines": writer.state["bad_lines"], "shards": writer.state["shards"],
-             "sources": [{"path": s.path, "bytes": s.size} for s in sources], "settings": settings}
-    _write_json(os.path.join(out, INDEX), index)
-    os.remove(os.path.join(out, PROGRESS))
-    return index
+        dtype = next(t for t in (np.uint8, np.uint16, np.uint32)
+                     if tokenizer.get_vocab_size() <= np.iinfo(t).max + 1)
+        writer = _ShardWriter(out, state, dtype, shard_tokens, data.special_ids(tokenizer)["[SEP]"], first_write)
+        reader = CorpusReader(sources, start=tuple(state["next"]), **reading)
+        try:
+            _tokenize(reader, tokenizer, writer, workers or os.cpu_count() or 1, progress,
+                      sum(s.size for s in sources))
+            writer.finish()
+        except BaseException:
+            writer.abandon()
+            raise
+        if writer.state["tokens"] == 0:
+            raise DataError(f"--corpus: no text in {' '.join(paths or [corpus.BUILTIN])} (the corpus is empty)")
+        index = {"format": FORMAT, "tokenizer": settings["tokenizer"],
+                 # Not a setting: a rerun reuses DATA's tokenizer, whatever version of the trainer it finds.
+                 "tokenizer_trainer": writer.state.get("tokenizer_trainer"), "vocab_size": tokenizer.get_vocab_size(),
+                 "dtype": np.dtype(dtype).name, "specials": data.special_ids(tokenizer),
+                 "tokens": writer.state["tokens"], "documents": writer.state["documents"],
+                 "bad_lines": writer.state["bad_lines"], "shards": writer.state["shards"],
+                 "sources": [{"path": s.path, "bytes": s.size} for s in sources], "settings": settings}
+        _write_json(os.path.join(out, INDEX), index)
+        os.remove(os.path.join(out, PROGRESS))
+        return index
 
 
 # -------------------------------------------------------------------------------------------------------- tokenizer
@@ -176,23 +183,36 @@ def _tokenizer(out: str, sources: list[Source], tokenizer_dir, vocab_size: int, 
     elif existing is not None:
         return existing, True
     else:
-        tokenizer = data.train_tokenizer(_sample(sources, sample_bytes, reading), vocab_size)
+        tokenizer = data.train_tokenizer(_Sample(sources, sample_bytes, reading), vocab_size)
         if tokenizer.get_vocab_size() <= len(data.SPECIALS):
             raise DataError(f"--corpus: no text in {' '.join(s.path for s in sources)} (the corpus is empty)")
     return tokenizer, existing is not None
 
 
-def _sample(sources: list[Source], budget: int, reading: dict):
-    """Texts from the start of every source, each source contributing budget x its share of the total size."""
-    total = sum(s.size for s in sources) or 1
-    for source in sources:
-        share = budget if source.kind == "builtin" else budget * source.size / total
-        taken = 0
-        for record in CorpusReader([source], **reading):
-            if taken >= share:
-                break
-            taken += len(record.text)
-            yield record.text
+class _Sample:
+    """Texts from the start of every source, each source contributing `budget` x its share of the total size; each
+    iteration reads them again from the start (the tokenizer trainer reads them twice)."""
+
+    def __init__(self, sources: list[Source], budget: int, reading: dict):
+        self.sources, self.budget, self.reading = sources, budget, reading
+
+    def __iter__(self):
+        total = sum(s.size for s in self.sources) or 1
+        for source in self.sources:
+            share = self.budget if source.kind == "builtin" else self.budget * source.size / total
+            taken = 0
+            for record in CorpusReader([source], **self.reading):
+                if taken >= share:
+                    break
+                taken += len(record.text)
+                yield record.text
+
+
+def _trainer() -> str:
+    """The library and version that train tokenizers, as the index records it."""
+    import tokenizers
+
+    return f"tokenizers {tokenizers.__version__}"
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizing

@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from . import checkpoint, data, hf_encoders, prepare
+from . import checkpoint, data, hf_encoders, locking, prepare
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
@@ -168,7 +168,8 @@ def main(args: argparse.Namespace) -> int:
     dist = _Distributed(args.device)
     try:
         check_arguments(args)
-        return _pretrain(args, dist)
+        with locking.exclusive(args.out, rank=dist.rank, broadcast=dist.broadcast):  # rank 0 alone writes
+            return _pretrain(args, dist)
     except (DataError, CorpusError, CheckpointError, OSError) as e:
         print(f"electra-fast pretrain: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -232,6 +232,70 @@ def test_tokenizer_is_trained_on_a_sample_from_every_source_and_ids_take_the_nar
     assert len(stream) == index["tokens"] and stream.max() < tokenizer.get_vocab_size()
 
 
+# ------------------------------------------------------------------------------------------------ the same bytes
+
+def test_the_trained_tokenizer_is_the_same_every_time_and_numbered_canonically():
+    trained = [data.train_tokenizer(LINES, 400) for _ in range(4)]  # the trainer's hash maps differ every time
+    vocabularies = [sorted(t.get_vocab().items(), key=lambda item: item[1]) for t in trained]
+    assert all(v == vocabularies[0] for v in vocabularies), "the tokens, or their ids, differ between trainings"
+    tokens = [token for token, _ in vocabularies[0]]
+    # The truth: every word as the tokenizer's own normaliser and pre-tokeniser cut it, read in Python.
+    words = [w for line in LINES for w, _ in trained[0].pre_tokenizer.pre_tokenize_str(
+        trained[0].normalizer.normalize_str(line))]
+    characters = sorted({c for w in words for c in w})
+    inside = sorted({"##" + c for w in words for c in w[1:]})
+    assert tokens[:5] == list(data.SPECIALS)
+    assert tokens[5:5 + len(characters) + len(inside)] == characters + inside
+    assert len(tokens) == 400 and len(set(tokens)) == 400
+
+
+def _folder_bytes(folder):
+    """{relative path: bytes} of every file below `folder` but its lock."""
+    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(folder) for name in names if name != ".lock"}
+
+
+def test_two_prepares_with_different_workers_write_the_same_bytes(tmp_path):
+    import tokenizers
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(LINES * 3) + "\n", encoding="utf-8")
+    argv = ["--corpus", str(text), "--vocab-size", "400", "--shard-tokens", "2000", "--quiet"]
+    # one in a process of its own (its own hash seeds), one here; cwd: outside the checkout, see _peak_rss_mb
+    subprocess.run([sys.executable, "-m", "electra_fast", "prepare", *argv, "--workers", "2", "--out",
+                    str(tmp_path / "a")], check=True, capture_output=True, timeout=300, cwd=tmp_path)
+    assert run_prepare(*argv, "--workers", "1", "--out", tmp_path / "b") == 0
+    a, b = _folder_bytes(tmp_path / "a"), _folder_bytes(tmp_path / "b")
+    assert len([n for n in a if n.startswith("shard-")]) > 3 and "tokenizer/vocab.txt" in a
+    assert a.keys() == b.keys() and all(a[name] == b[name] for name in a), [n for n in a if a[n] != b.get(n)]
+    assert json.loads(a["index.json"])["tokenizer_trainer"] == f"tokenizers {tokenizers.__version__}"
+
+
+def test_two_pretrain_runs_on_one_corpus_give_the_same_weights(tmp_path):
+    from electra_fast import trainer
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    argv = ["--corpus", str(text), "--vocab-size", "300", "--num-layers", "1", "--hidden-size", "32", "--num-heads",
+            "2", "--intermediate-size", "64", "--embedding-size", "16", "--seq-len", "16", "--batch-size", "2",
+            "--steps", "3", "--seed", "3"]
+    # Both on one thread, so that their floating-point sums are the same.
+    subprocess.run([sys.executable, "-m", "electra_fast", "pretrain", *argv, "--out", str(tmp_path / "a")],
+                   check=True, capture_output=True, timeout=300, cwd=tmp_path,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = argparse.ArgumentParser()
+    trainer.add_arguments(p)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert trainer.main(p.parse_args([*argv, "--out", str(tmp_path / "b")])) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (_folder_bytes(tmp_path / run) for run in "ab")
+    for name in ("data/tokenizer/vocab.txt", "data/index.json", "discriminator/model.safetensors"):
+        assert a[name] == b[name], name
+
+
 # ---------------------------------------------------------------------------------------------------------- memory
 
 def _peak_rss_mb(corpus_path, out, tokenizer_dir):

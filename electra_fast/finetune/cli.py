@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
+from ..locking import exclusive
 from .data import FinetuneDataError
 from .train import TASKS, FinetuneOptions, finetune
 
@@ -77,7 +79,8 @@ def options_from(args: argparse.Namespace) -> FinetuneOptions:
 def main(args: argparse.Namespace) -> int:
     """Runs `electra-fast finetune`: prints each seed's and the median metrics; returns the exit status."""
     try:
-        results = finetune(options_from(args))
+        with exclusive(args.out) if args.out else contextlib.nullcontext():  # one run at a time writes --out
+            results = finetune(options_from(args))
     except (FinetuneDataError, OSError) as e:
         print(f"electra-fast finetune: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
