@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from electra_fast.masking import MASKING_SPLITS
 from electra_fast.trainer import OBJECTIVES
 
 # MLM, the longest run, goes second so that it starts at once beside ELECTRA.
@@ -125,7 +126,8 @@ def plan(args, preset: dict, data: str, task: str) -> tuple[list[Job], dict]:
     for objective in args.objectives:
         run = os.path.join(args.out, "pretrain", objective)
         jobs.append(Job(f"pretrain-{objective}", [
-            *python, "pretrain", "--data", data, "--objective", objective, *preset["model"], *preset["pretrain"],
+            *python, "pretrain", "--data", data, "--objective", objective, "--masking", args.masking,
+            *preset["model"], *preset["pretrain"],
             "--max-flops", f"{preset['max_flops']:g}", "--export-at-flops", *exports, "--eval-every", "1000000000",
             "--save-every", "1000000000", "--seed", str(args.pretrain_seed), "--out", run],
             threads=preset["threads"]))
@@ -254,6 +256,9 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=DEFAULT_OBJECTIVES)
     parser.add_argument("--seeds", type=int, default=None, help="fine-tuning seeds per point (default: the preset's)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
+    parser.add_argument("--masking", choices=sorted(MASKING_SPLITS), default="electra",
+                        help="what the masked positions become, for every objective: electra (85%% [MASK], 15%% "
+                             "kept; default) or bert (80/10/10)")
     parser.add_argument("--jobs", type=int, default=None, help="processes at a time (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None, help="threads per process (default: the preset's)")
     args = parser.parse_args()
@@ -294,16 +299,19 @@ def main() -> None:
     records = summarise(args, points)
     metric = "accuracy"
     results = {"preset": args.preset, "settings": {**preset, "seeds": args.seeds, "objectives": args.objectives,
-                                                  "data": data, "task": task},
+                                                  "masking": args.masking, "data": data, "task": task},
                "versions": versions(),
                "seconds": {"data": prepared - began, "jobs": finished - prepared, "total": finished - began,
                            **{job.name: round(job.seconds, 1) for job in jobs}},
                "pretraining": pretraining_summary(args), "points": records}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    replace_prob, random_prob = MASKING_SPLITS[args.masking]
+    split = f"{replace_prob:.0%} [MASK], {random_prob:.0%} random, {1 - replace_prob - random_prob:.0%} kept"
     title = (f"{args.preset} preset: {args.seeds} fine-tuning seeds per point; "
-             f"budget {preset['max_flops']:.2g} FLOPs")
+             f"budget {preset['max_flops']:.2g} FLOPs; masking {args.masking} ({split})")
     plotted = plot(records, metric, os.path.join(args.out, "results.png"), title)
+    print(title + "\n")
     print(pretraining_table(results["pretraining"]) + "\n")
     print(table(records, metric))
     print(f"\n{finished - began:.0f} s in all ({prepared - began:.0f} s data); results.json"
