@@ -142,7 +142,7 @@ def _fused_forward(original):
         call = {**dict(zip(names, args)), **kwargs}
         labels = call.get("labels")
         if skip_logits is None:
-            skip_logits = self.training and labels is not None
+            skip_logits = labels is not None and (self.training or return_samples)
         if not skip_logits:
             return original(self, *args, **kwargs)
         if labels is None:
@@ -190,10 +190,13 @@ def patch_masked_lm(model_or_family, *, vocab_size: int | None = None):
     - A family name ("bert", "roberta", ...): patches the family's class, so every instance, those built later
       included (as Liger-Kernel's apply_liger_kernel_to_* do).
 
-    The patched forward takes, beyond the original's arguments, `skip_logits` (default: True in training with
-    labels; True without labels is an error) and `return_samples` (default False: True draws the sampling seed
-    from torch's default generator and returns the samples). Patching twice is a no-op; `unpatch_masked_lm`
-    restores the original forward."""
+    The patched forward takes, beyond the original's arguments, `skip_logits` (default: True with labels in
+    training, or with return_samples; True without labels is an error) and `return_samples` (default False: True
+    draws the sampling seed from torch's default generator and returns the samples). With return_dict=False the
+    tuple is the output's non-None fields in order: (loss, [hidden_states], [attentions], positions, predicted
+    [, sampled]), no logits. A batch without labelled tokens gives loss 0 (the unpatched head gives NaN).
+    Patching twice is a no-op; `unpatch_masked_lm` restores the original forward. Under nn.DataParallel (which
+    copies a module's attributes to each replica), patch the family, not the instance."""
     if isinstance(model_or_family, str):
         if vocab_size is not None:
             raise ValueError("vocab_size is per model: patch the instance, not the family")
@@ -208,7 +211,7 @@ def patch_masked_lm(model_or_family, *, vocab_size: int | None = None):
     if vocab_size is not None and not 0 < vocab_size <= config.vocab_size:
         raise ValueError(f"vocab_size must be in [1, {config.vocab_size}] (the model's ids), got {vocab_size}")
     model._electra_fast_vocab = vocab_size
-    if not hasattr(model.forward, _PATCH):
+    if "forward" not in model.__dict__:  # its own, so that unpatching the family leaves it patched
         original = getattr(type(model).forward, _PATCH, type(model).forward)
         model.forward = types.MethodType(_fused_forward(original), model)
     return model

@@ -94,6 +94,29 @@ def test_eval_and_label_free_forwards_give_the_original_logits_bit_for_bit(name)
             assert torch.equal(got.loss, want.loss)
 
 
+def test_positional_arguments_and_other_inputs_reach_the_encoder():
+    """(ids, mask) positionally, token_type_ids and hidden states asked for: as the unpatched forward takes them."""
+    reference = _model("bert")
+    model = electra_fast.patch_masked_lm(copy.deepcopy(reference))
+    ids, mask, labels = _batch()
+    types = (torch.arange(ids.shape[1]) >= 6).long().expand_as(ids)
+    with electra_fast.use_backend("reference"):
+        out = model(ids, mask, types, labels=labels, output_hidden_states=True)
+    want = reference(ids, mask, types, labels=labels, output_hidden_states=True)
+    torch.testing.assert_close(out.loss, F.cross_entropy(want.logits.view(-1, V), labels.view(-1)), rtol=1e-12, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, want.hidden_states))
+    assert not torch.equal(reference(ids, mask, labels=labels).loss, want.loss)  # the token types matter
+
+
+def test_an_instance_patch_outlives_the_family_unpatch():
+    electra_fast.patch_masked_lm("bert")
+    try:
+        model = electra_fast.patch_masked_lm(_model("bert"))
+    finally:
+        electra_fast.unpatch_masked_lm("bert")
+    assert hf_mlm.is_patched(model) and not hf_mlm.is_patched(_model("bert"))
+
+
 def test_skip_logits_without_labels_is_refused():
     model = electra_fast.patch_masked_lm(_model("bert"))
     ids, mask, _ = _batch()
