@@ -1,5 +1,5 @@
-"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), prepare, pretrain, finetune
-(SPEC §6a)."""
+"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), prepare, pretrain, finetune and
+glue (SPEC §6a)."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,12 @@ def finetune(args) -> int:
     return cli.main(args)
 
 
+def glue(args) -> int:
+    from .finetune import cli
+
+    return cli.glue_main(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +120,13 @@ def main(argv=None) -> int:
 
     add_finetune_arguments(f)
     f.set_defaults(fn=finetune)
+
+    g = sub.add_parser("glue", help="fine-tune on the eight GLUE tasks of the ELECTRA paper (GLUE's folder as "
+                                    "distributed) and print its score table")
+    from .finetune.cli import add_glue_arguments
+
+    add_glue_arguments(g)
+    g.set_defaults(fn=glue)
 
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -1,5 +1,6 @@
 """`electra-fast finetune`: the readers, QA windowing, ELECTRA's optimiser, the refusal of bad input and of damaged
 weights, and fine-tuning a model the project exported to near-perfect scores on small generated tasks."""
+import argparse
 import io
 import json
 import random
@@ -11,6 +12,7 @@ import torch
 from electra_fast import ElectraPretrainer, data as pretraining_data, prepare
 from electra_fast.cli import main as cli_main
 from electra_fast.finetune import FinetuneDataError, FinetuneOptions, data, finetune, train
+from electra_fast.finetune.cli import add_arguments
 
 transformers = pytest.importorskip("transformers")
 
@@ -263,6 +265,8 @@ def _bad_inputs(tmp_path, pretrained):
          "broken.json line 2: malformed JSON"),
         ("no tokenizer", [*cls, "--model", no_tokenizer, "--train", good, "--validation", good],
          "no-tokenizer: no tokenizer (tokenizer.json or vocab.txt)"),
+        ("metric of another task", [*cls, "--train", good, "--validation", good, "--metric", "spearman"],
+         "--metric spearman: a classification task reports accuracy, macro_f1, mcc, f1"),
     ]
 
 
@@ -277,6 +281,41 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(pretrained, tmp_path, c
         assert error.startswith("electra-fast finetune: error: ") and error.count("\n") == 1, (name, error)
         assert expected in error, (name, error)
         assert not out.exists() and not list(tmp_path.glob(f".{out.name}.*")), name
+
+
+def test_every_numeric_flag_out_of_range_is_one_line_exit_2(pretrained, tmp_path, capsys):
+    """Each numeric flag of finetune (the parser's, all of them) at values outside its range: refused before
+    anything is written, with one line naming the flag."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    bad = {"--max-length": [4], "--doc-stride": [-1], "--max-query-length": [0], "--max-answer-length": [0],
+           "--n-best": [0], "--lr": [-1, 0, "nan", "inf"], "--layerwise-lr-decay": [0, 1.5], "--epochs": [0, "inf"],
+           "--batch-size": [0], "--warmup-fraction": [-0.1, 1.5], "--weight-decay": [-0.001, "nan"], "--seeds": [0],
+           "--seed": [-1, 2 ** 63], "--token-column": [4], "--tag-column": [-5]}   # the CoNLL lines have 4 columns
+    assert {a.option_strings[0] for a in parser._actions if a.type in (int, float)} == set(bad)
+    conll = _conll(tmp_path / "ner.txt", 5, random.Random(0))
+    for flag, values in bad.items():
+        for value in values:
+            out = tmp_path / "out"
+            status = cli_main(["finetune", "--model", str(pretrained), "--task", "token-classification", "--train",
+                               str(conll), "--validation", str(conll), flag, str(value), "--out", str(out), "--quiet"])
+            error = capsys.readouterr().err
+            assert status == 2 and error.count("\n") == 1, (flag, value, error)
+            assert error.startswith("electra-fast finetune: error: ") and f"{flag} " in error, (flag, value, error)
+            assert not out.exists() and not list(tmp_path.glob(".out.*")), (flag, value)
+
+
+def test_rows_of_a_wrong_field_count_are_skipped_and_counted_on_request(pretrained, tmp_path):
+    rows = [f"{text}\t{label}\n" for text, label in _fruit_sentences(40, random.Random(0))]
+    ragged = tmp_path / "ragged.tsv"   # a text with a line break in it, as GLUE's QQP has: 1 field, then 3
+    ragged.write_text("sentence\tlabel\n" + "".join(rows[:20]) + "red\nriver\tblue\t1\n" + "".join(rows[20:]))
+    options = _options(pretrained, "classification", ragged, ragged, text_columns=("sentence",), epochs=1)
+    with pytest.raises(FinetuneDataError, match="ragged.tsv line 22: 1 fields, expected 2"):
+        finetune(options)
+    results = finetune(_options(pretrained, "classification", ragged, ragged, text_columns=("sentence",), epochs=1,
+                                skip_malformed_rows=True))
+    skipped = f"{ragged}: 2 row(s) skipped, their field count not the header's (line 22, 23)"
+    assert results["notices"][1:] == [skipped, skipped]   # the training and the validation file (the same)
 
 
 @pytest.mark.parametrize("damage", ["renamed weights", "NaN bytes", "truncated"])
@@ -346,9 +385,10 @@ def test_regression_from_a_float_label(pretrained, tmp_path):
 def test_token_classification_reaches_near_perfect_and_the_output_loads(pretrained, tmp_path):
     rng = random.Random(0)
     out = tmp_path / "out"
-    results = finetune(_options(pretrained, "token-classification", _conll(tmp_path / "train.txt", 300, rng),
-                                _conll(tmp_path / "dev.txt", 100, rng), out=str(out)))
-    assert results["median"]["f1"] >= 0.95, results
+    dev = _conll(tmp_path / "dev.txt", 100, rng)
+    results = finetune(_options(pretrained, "token-classification", _conll(tmp_path / "train.txt", 300, rng), dev,
+                                out=str(out), also_validate=(("again", str(dev)),)))
+    assert results["median"]["f1"] >= 0.95 and results["median"]["again_f1"] == results["median"]["f1"], results
     loaded, info = transformers.AutoModelForTokenClassification.from_pretrained(out / "model",
                                                                                 output_loading_info=True)
     assert not info["missing_keys"] and set(loaded.config.label2id) == {"B-COLOR", "B-FOOD", "B-PLACE", "I-PLACE", "O"}
@@ -357,11 +397,13 @@ def test_token_classification_reaches_near_perfect_and_the_output_loads(pretrain
 def test_question_answering_reaches_near_perfect_and_the_output_loads(pretrained, tmp_path):
     rng = random.Random(0)
     out = tmp_path / "out"
-    results = finetune(_options(pretrained, "question-answering", _squad(tmp_path / "train.json", 300, rng),
-                                _squad(tmp_path / "dev.json", 100, rng), out=str(out), max_length=32, doc_stride=8,
-                                epochs=12))
+    dev = _squad(tmp_path / "dev.json", 100, rng)
+    results = finetune(_options(pretrained, "question-answering", _squad(tmp_path / "train.json", 300, rng), dev,
+                                out=str(out), max_length=32, doc_stride=8, epochs=12,
+                                also_validate=(("again", str(dev)),)))
     median = results["median"]
     assert median["exact_match"] >= 90 and median["HasAns_f1"] >= 90 and median["NoAns_exact_match"] >= 90, results
+    assert median["again_exact_match"] == median["exact_match"]
     assert "have contexts longer than one window" in results["notices"][0]
     loaded, info = transformers.AutoModelForQuestionAnswering.from_pretrained(out / "model", output_loading_info=True)
     assert not info["missing_keys"]

@@ -296,3 +296,15 @@ def test_under_torchrun_a_refusal_stops_every_rank(tmp_path, prepared):
         assert run.stderr.count(f"error: {out} is locked by another electra-fast process (pid {os.getpid()}") == 2, \
             run.stderr[-3000:]
         assert snapshot(out) == before
+
+
+def test_glue_refuses_an_out_that_another_process_writes(tmp_path, capsys):
+    """The suite's OUT takes the lock too: held here (as another writer would hold it), the suite exits 2 in one
+    line and writes nothing (no glue.json, no task folder)."""
+    out = tmp_path / "suite"
+    with locking.exclusive(str(out)):
+        status = cli_main(["glue", "--data-dir", str(tmp_path / "absent"), "--model", str(tmp_path / "absent"),
+                           "--out", str(out)])
+        error = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(error) == 1 and "locked by another electra-fast process" in error[0]
+        assert sorted(p.name for p in out.iterdir()) == [locking.LOCK]

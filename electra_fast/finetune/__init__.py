@@ -6,8 +6,10 @@ classification and regression, token classification (named entities) or extracti
                                        train="train.tsv", validation="dev.tsv", out="sst2", seeds=5))
     results["median"]    # {"accuracy": ..., "macro_f1": ..., "mcc": ..., "f1": ...}
 
-`electra-fast finetune` is the same from the command line. Modules: `data` (readers and encoding), `metrics`
-(pure functions), `train` (models, ELECTRA's optimiser and schedule, seeds), `cli`.
+`electra-fast finetune` is the same from the command line. `electra-fast glue` (`glue.run_glue`) runs the GLUE
+suite as the paper does and prints its score table. Modules: `data` (readers and encoding), `metrics` (pure
+functions), `train` (models, ELECTRA's optimiser and schedule, seeds), `glue` (the suite), `glue_sample` (a small
+made-up folder in GLUE's layout), `cli`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Fine-tuning data: readers for the three tasks' files, and their encoding into model inputs.
 
 - Classification and regression: CSV, TSV (GLUE's files as they are: tab-separated, no quoting) or JSON Lines;
-  one or two text columns and a label column. Labels that are all numbers, one of them written with a decimal
+  one or two text columns and a label column. A row whose field count differs from the header's is an error, or,
+  on request, skipped and counted (GLUE's QQP has such rows: a TSV without quoting cannot hold a tab or a line
+  break inside a text). Labels that are all numbers, one of them written with a decimal
   point or an exponent (STS-B's "3.800"), make the task a regression.
 - Token classification: CoNLL-2003-style files: one token per line with its BIO (IOB2) tag in chosen
   whitespace-separated columns, a blank line between sentences, `-DOCSTART-` lines skipped. A word's tag goes
@@ -49,8 +51,8 @@ def table_format(path: str) -> str:
 
 
 def _open(path: str, **kwargs):
-    try:
-        return open(path, encoding="utf-8", **kwargs)
+    try:  # utf-8-sig: a leading byte-order mark (as some Windows tools write) is not part of the first column's name
+        return open(path, encoding="utf-8-sig", **kwargs)
     except OSError as e:
         raise FinetuneDataError(f"{path}: cannot read ({e.strerror or e})") from None
 
@@ -59,9 +61,10 @@ def _not_utf8(path: str, line: int) -> FinetuneDataError:
     return FinetuneDataError(f"{path} line {line}: not UTF-8 text")
 
 
-def _rows(path: str, kind: str, header: bool):
+def _rows(path: str, kind: str, header: bool, skipped: list[int] | None = None):
     """(line number, {column: value}) of each non-blank record; columns are header names, or "0", "1", ... when
-    `header` is False. Raises FinetuneDataError for a malformed line or a field count that differs."""
+    `header` is False. Raises FinetuneDataError for a malformed line, and for a field count that differs unless
+    `skipped` is a list: then such a row's line number is appended to it and the row left out."""
     if kind == "jsonl":
         with _open(path) as f:
             number = 0
@@ -95,6 +98,9 @@ def _rows(path: str, kind: str, header: bool):
                 if names is None:
                     names = [str(i) for i in range(len(fields))]
                 if len(fields) != len(names):
+                    if skipped is not None:
+                        skipped.append(reader.line_num)
+                        continue
                     raise FinetuneDataError(f"{path} line {reader.line_num}: {len(fields)} fields, expected "
                                             f"{len(names)} ({'the header' if header else 'the first line'}'s)")
                 yield reader.line_num, dict(zip(names, fields))
@@ -104,13 +110,24 @@ def _rows(path: str, kind: str, header: bool):
             raise _not_utf8(path, reader.line_num + 1) from None
 
 
-def read_table(path: str, text_columns: Sequence[str], label_column: str, *, header: bool = True) -> list[TextExample]:
+def first_fields(path: str) -> list[str]:
+    """The tab-separated fields of a file's first line (a TSV's header), without reading the rest."""
+    with _open(path, newline="") as f:
+        try:
+            return f.readline().rstrip("\r\n").split("\t")
+        except UnicodeDecodeError:
+            raise _not_utf8(path, 1) from None
+
+
+def read_table(path: str, text_columns: Sequence[str], label_column: str, *, header: bool = True,
+               skipped: list[int] | None = None) -> list[TextExample]:
     """The examples of a CSV / TSV / JSON Lines file. Columns are names from the header (JSON keys), or 0-based
-    indices when `header` is False."""
+    indices when `header` is False. `skipped`: see `_rows` (rows of a wrong field count are left out and their
+    line numbers appended, instead of an error)."""
     if len(text_columns) not in (1, 2):
         raise FinetuneDataError(f"--text-columns: one column, or two for pairs, got {len(text_columns)}")
     examples = []
-    for line, row in _rows(path, table_format(path), header):
+    for line, row in _rows(path, table_format(path), header, skipped):
         missing = [c for c in (*text_columns, label_column) if c not in row]
         if missing:
             raise FinetuneDataError(f"{path} line {line}: no column {missing[0]!r} (columns: {', '.join(row)})")
@@ -174,8 +191,8 @@ def read_conll(path: str, *, token_column: int = 0, tag_column: int = -1) -> lis
                         raise IndexError
                     word, tag = fields[token_column], fields[tag_column]
                 except IndexError:
-                    raise FinetuneDataError(f"{path} line {number}: {len(fields)} column(s), but the token is column "
-                                            f"{token_column} and the tag column {tag_column}") from None
+                    raise FinetuneDataError(f"{path} line {number}: {len(fields)} column(s), but --token-column is "
+                                            f"{token_column} and --tag-column {tag_column}") from None
                 if not _TAG.fullmatch(tag):
                     raise FinetuneDataError(f"{path} line {number}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
                 if current is None:

@@ -17,6 +17,12 @@ import string
 from typing import Hashable, Sequence
 
 
+# What each kind of task reports (classification's f1 only for two labels), the choices of FinetuneOptions.metric.
+NAMES = {"classification": ("accuracy", "macro_f1", "mcc", "f1"), "regression": ("pearson", "spearman", "mse"),
+         "token-classification": ("precision", "recall", "f1", "token_accuracy"),
+         "question-answering": ("exact_match", "f1")}
+
+
 def accuracy(gold: Sequence[Hashable], predicted: Sequence[Hashable]) -> float:
     return sum(g == p for g, p in zip(gold, predicted)) / len(gold) if gold else 0.0
 

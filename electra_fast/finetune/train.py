@@ -9,7 +9,9 @@ sets it: a parameter at depth d gets lr · decay^(L + 2 − d), where the embedd
 i (0-based, from the input) at i + 1 and the task head at L + 2. Defaults follow the paper's fine-tuning table
 (Clark et al., 2020, Table 7), chosen by the model's width: lr 3e-4 up to ELECTRA-Small's 256, 1e-4 up to
 Base's 768, else 5e-5; layer-wise decay 0.8, 0.9 for Large; batch 32; 3 epochs (2 for question answering).
-Each seed trains from the same loaded weights; the results hold every run and the per-metric median.
+Each seed trains from the same loaded weights; the results hold every run and the per-metric median, and the
+run kept is the median one by the task's metric (options.metric). Every number of the options is range-checked
+before anything is read (`check_options`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from ..flag_checks import at_least, check_ranges, finite_above, finite_at_least, within
 from ..hf_encoders import FAMILIES
 from ..trainer import lr_multiplier
 from . import data, metrics
@@ -48,10 +51,12 @@ class FinetuneOptions:
     validation: str
     out: str | None = None
     from_scratch: bool = False
+    also_validate: tuple[tuple[str, str], ...] = ()   # (NAME, file): more validation files, metrics "NAME_..."
     # classification / regression tables
     text_columns: tuple[str, ...] = ("text",)
     label_column: str = "label"
     header: bool = True
+    skip_malformed_rows: bool = False      # rows of a wrong field count: skipped and counted, not an error
     # CoNLL
     token_column: int = 0
     tag_column: int = -1
@@ -70,6 +75,7 @@ class FinetuneOptions:
     weight_decay: float = 0.0
     seeds: int = 1
     seed: int = 0
+    metric: str | None = None              # ranks the seeds; default by task: accuracy, spearman, f1 (NER, QA)
     device: str | None = None
     bf16: bool | None = None
     progress: bool = True
@@ -182,20 +188,33 @@ def layerwise_parameter_groups(model: torch.nn.Module, *, lr: float, decay: floa
 # ----------------------------------------------------------------------------------------------------- the data
 
 @dataclass
+class _Evaluation:
+    """One validation file, encoded, and how to score the model's outputs on it."""
+    prefix: str                       # of its metrics' names: "" for options.validation, "NAME_" for also_validate
+    features: list[dict]
+    score: Callable[[list], dict]     # the model outputs over `features` -> metrics
+
+
+@dataclass
 class _Task:
     """A task's encoded data and how to score predictions."""
     kind: str                         # classification, regression, token-classification, question-answering
     train: list[dict]
-    validation: list[dict]
+    evaluations: list[_Evaluation]
     label_keys: tuple[str, ...]
     config_changes: dict
-    score: Callable[[list], dict]     # the model outputs over validation -> metrics
+    metric_names: tuple[str, ...]     # what each evaluation reports (the choices of options.metric)
     notices: list[str]
 
 
 def _max_length(options: FinetuneOptions, positions: int) -> int:
     wanted = options.max_length or (512 if options.task == "question-answering" else 128)
     return min(wanted, positions)
+
+
+def _validation_files(options: FinetuneOptions) -> list[tuple[str, str]]:
+    """(metric prefix, file) of options.validation ("") and of each of options.also_validate ("NAME_")."""
+    return [("", options.validation)] + [(f"{name}_", path) for name, path in options.also_validate]
 
 
 def prepare(options: FinetuneOptions, tokenizer, positions: int) -> _Task:
@@ -211,82 +230,123 @@ def prepare(options: FinetuneOptions, tokenizer, positions: int) -> _Task:
     raise FinetuneDataError(f"--task must be one of {', '.join(TASKS)}, got {options.task!r}")
 
 
+def _read_table(options: FinetuneOptions, path: str, notices: list[str]) -> list[data.TextExample]:
+    """The examples of one table; with options.skip_malformed_rows, rows of a wrong field count are left out and
+    counted in `notices`."""
+    skipped = [] if options.skip_malformed_rows else None
+    examples = data.read_table(path, options.text_columns, options.label_column, header=options.header,
+                               skipped=skipped)
+    if skipped:
+        lines = ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else "")
+        notices.append(f"{path}: {len(skipped)} row(s) skipped, their field count not the header's (line {lines})")
+    return examples
+
+
 def _classification(options, tokenizer, length) -> _Task:
-    train = data.read_table(options.train, options.text_columns, options.label_column, header=options.header)
-    validation = data.read_table(options.validation, options.text_columns, options.label_column,
-                                 header=options.header)
-    train_features, cut_train = data.encode_texts(tokenizer, train, length)
-    validation_features, cut_validation = data.encode_texts(tokenizer, validation, length)
-    notices = [f"{cut_train} training and {cut_validation} validation texts were cut to {length} tokens"]
-    if data.is_regression([e.label for e in train]):
-        bad = next((e for e in validation if not data.is_number(e.label)), None)
-        if bad:
-            raise FinetuneDataError(f"{options.validation} line {bad.line}: label {bad.label!r} is not a number (the "
-                                    "training labels make this a regression)")
-        for feature, example in zip(train_features + validation_features, train + validation):
-            feature["labels"] = float(example.label)
-        gold = [float(e.label) for e in validation]
-        return _Task("regression", train_features, validation_features, ("labels",),
-                     {"num_labels": 1, "problem_type": "regression"},
-                     lambda logits: metrics.regression_metrics(gold, [float(v[0]) for v in logits]), notices)
+    notices: list[str] = []
+    train = _read_table(options, options.train, notices)
+    validations = [(prefix, path, _read_table(options, path, notices)) for prefix, path in _validation_files(options)]
     labels = sorted({e.label for e in train})
-    data.check_labels([(e.label, e.line) for e in validation], labels, options.validation)
-    ids = {label: i for i, label in enumerate(labels)}
-    for feature, example in zip(train_features + validation_features, train + validation):
-        feature["labels"] = ids[example.label]
-    gold = [e.label for e in validation]
+    if data.is_regression(labels):
+        for _, path, examples in validations:
+            bad = next((e for e in examples if not data.is_number(e.label)), None)
+            if bad:
+                raise FinetuneDataError(f"{path} line {bad.line}: label {bad.label!r} is not a number (the training "
+                                        "labels make this a regression)")
+        kind, names, target = "regression", metrics.NAMES["regression"], float   # the model's target of a label
+        config_changes = {"num_labels": 1, "problem_type": "regression"}
+    else:
+        for _, path, examples in validations:
+            data.check_labels([(e.label, e.line) for e in examples], labels, path)
+        kind = "classification"
+        names = tuple(name for name in metrics.NAMES["classification"] if name != "f1" or len(labels) == 2)
+        ids = {label: i for i, label in enumerate(labels)}
+        target = ids.__getitem__
+        config_changes = {"num_labels": len(labels), "problem_type": "single_label_classification",
+                          "id2label": dict(enumerate(labels)), "label2id": ids}
 
-    def score(logits):
-        predicted = [labels[max(range(len(row)), key=row.__getitem__)] for row in logits]
-        return metrics.classification_metrics(gold, predicted, labels)
+    def encode(examples):
+        features, cut = data.encode_texts(tokenizer, examples, length)
+        for feature, example in zip(features, examples):
+            feature["labels"] = target(example.label)
+        return features, cut
 
-    return _Task("classification", train_features, validation_features, ("labels",),
-                 {"num_labels": len(labels), "problem_type": "single_label_classification",
-                  "id2label": dict(enumerate(labels)), "label2id": ids}, score, notices)
+    def evaluation(prefix, examples):
+        features, cut = encode(examples)
+        gold = [e.label for e in examples]
+
+        def score(logits):
+            if kind == "regression":
+                return metrics.regression_metrics([target(g) for g in gold], [float(row[0]) for row in logits])
+            predicted = [labels[max(range(len(row)), key=row.__getitem__)] for row in logits]
+            return metrics.classification_metrics(gold, predicted, labels)
+
+        return _Evaluation(prefix, features, score), cut
+
+    train_features, cut_train = encode(train)
+    evaluations, cuts = zip(*(evaluation(prefix, examples) for prefix, _, examples in validations))
+    notices.insert(0, f"{cut_train} training and {sum(cuts)} validation texts were cut to {length} tokens")
+    return _Task(kind, train_features, list(evaluations), ("labels",), config_changes, names, notices)
 
 
 def _token_classification(options, tokenizer, length) -> _Task:
     read = dict(token_column=options.token_column, tag_column=options.tag_column)
-    train, validation = data.read_conll(options.train, **read), data.read_conll(options.validation, **read)
+    train = data.read_conll(options.train, **read)
+    validations = [(prefix, path, data.read_conll(path, **read)) for prefix, path in _validation_files(options)]
     tags = sorted({t for s in train for t in s.tags})
-    data.check_labels([(t, line) for s in validation for t, line in zip(s.tags, s.lines)], tags, options.validation)
+    for _, path, sentences in validations:
+        data.check_labels([(t, line) for s in sentences for t, line in zip(s.tags, s.lines)], tags, path)
     ids = {tag: i for i, tag in enumerate(tags)}
     train_features, cut_train = data.encode_sentences(tokenizer, train, ids, length)
-    validation_features, cut_validation = data.encode_sentences(tokenizer, validation, ids, length)
-    notices = [f"{cut_train} training and {cut_validation} validation sentences were cut to {length} tokens (the "
+
+    def evaluation(prefix, sentences):
+        features, cut = data.encode_sentences(tokenizer, sentences, ids, length)
+
+        def score(logits):
+            predicted = []
+            for feature, rows in zip(features, logits):
+                predicted.append([tags[max(range(len(rows[p])), key=rows[p].__getitem__)] if p >= 0 else "O"
+                                  for p in feature["first_token"]])
+            return metrics.entity_metrics([s.tags for s in sentences], predicted)
+
+        return _Evaluation(prefix, features, score), cut
+
+    evaluations, cuts = zip(*(evaluation(prefix, sentences) for prefix, _, sentences in validations))
+    notices = [f"{cut_train} training and {sum(cuts)} validation sentences were cut to {length} tokens (the "
                "words cut off are predicted O)"]
-
-    def score(logits):
-        predicted = []
-        for feature, rows in zip(validation_features, logits):
-            predicted.append([tags[max(range(len(rows[p])), key=rows[p].__getitem__)] if p >= 0 else "O"
-                              for p in feature["first_token"]])
-        return metrics.entity_metrics([s.tags for s in validation], predicted)
-
-    return _Task("token-classification", train_features, validation_features, ("labels",),
-                 {"num_labels": len(tags), "id2label": dict(enumerate(tags)), "label2id": ids}, score, notices)
+    return _Task("token-classification", train_features, list(evaluations), ("labels",),
+                 {"num_labels": len(tags), "id2label": dict(enumerate(tags)), "label2id": ids},
+                 metrics.NAMES["token-classification"], notices)
 
 
 def _question_answering(options, tokenizer, length) -> _Task:
-    train, train_v2 = data.read_squad(options.train)
-    validation, v2 = data.read_squad(options.validation)
-    v2 = v2 or train_v2
+    train, v2 = data.read_squad(options.train)
+    validations = []
+    for prefix, path in _validation_files(options):
+        questions, validation_v2 = data.read_squad(path)
+        validations.append((prefix, questions))
+        v2 = v2 or validation_v2
     stride = options.doc_stride if options.doc_stride is not None else min(128, length // 4)
     window = dict(max_length=length, doc_stride=stride, max_query_length=options.max_query_length)
     train_windows, long_train = data.encode_questions(tokenizer, train, **window)
-    validation_windows, long_validation = data.encode_questions(tokenizer, validation, **window)
-    notices = [f"{long_train} training and {long_validation} validation questions have contexts longer than one "
+
+    def evaluation(prefix, questions):
+        windows, long = data.encode_questions(tokenizer, questions, **window)
+        gold = {q.qid: [text for text, _ in q.answers] for q in questions}
+
+        def score(logits):
+            starts, ends = [row[0] for row in logits], [row[1] for row in logits]
+            predictions = data.best_answers(questions, windows, starts, ends, v2=v2, n_best=options.n_best,
+                                            max_answer_length=options.max_answer_length)
+            return metrics.squad_metrics(gold, predictions)
+
+        return _Evaluation(prefix, windows, score), long
+
+    evaluations, longs = zip(*(evaluation(prefix, questions) for prefix, questions in validations))
+    notices = [f"{long_train} training and {sum(longs)} validation questions have contexts longer than one "
                f"window of {length} tokens (cut into windows overlapping by {stride})"]
-    gold = {q.qid: [text for text, _ in q.answers] for q in validation}
-
-    def score(logits):
-        starts, ends = [row[0] for row in logits], [row[1] for row in logits]
-        predictions = data.best_answers(validation, validation_windows, starts, ends, v2=v2, n_best=options.n_best,
-                                        max_answer_length=options.max_answer_length)
-        return metrics.squad_metrics(gold, predictions)
-
-    return _Task("question-answering", train_windows, validation_windows, ("start_positions", "end_positions"),
-                 {}, score, notices)
+    return _Task("question-answering", train_windows, list(evaluations), ("start_positions", "end_positions"),
+                 {}, metrics.NAMES["question-answering"], notices)
 
 
 # ------------------------------------------------------------------------------------------------- the training
@@ -320,7 +380,8 @@ def _outputs(model, task: _Task, batch: dict) -> list:
 
 
 def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id: int) -> dict:
-    """Fine-tunes `model` in place on task.train with seed `seed`, then scores it on task.validation."""
+    """Fine-tunes `model` in place on task.train with seed `seed`, then scores it on each validation file: the
+    metrics of each, named with its prefix."""
     from tqdm import tqdm
 
     device = _device(options)
@@ -354,12 +415,15 @@ def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
-    outputs = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for i in range(0, len(task.validation), options.batch_size):
-            batch = data.collate(task.validation[i:i + options.batch_size], pad_id, ())
-            outputs.extend(_outputs(model, task, {k: v.to(device) for k, v in batch.items()}))
-    return task.score(outputs)
+    scores = {}
+    for evaluation in task.evaluations:
+        outputs = []
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for i in range(0, len(evaluation.features), options.batch_size):
+                batch = data.collate(evaluation.features[i:i + options.batch_size], pad_id, ())
+                outputs.extend(_outputs(model, task, {k: v.to(device) for k, v in batch.items()}))
+        scores.update({evaluation.prefix + name: value for name, value in evaluation.score(outputs).items()})
+    return scores
 
 
 def median_scores(runs: list[dict]) -> dict:
@@ -367,20 +431,44 @@ def median_scores(runs: list[dict]) -> dict:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "seed"}
 
 
+def median_run(runs: list[dict], metric: str) -> dict:
+    """The run whose `metric` is the median of the runs' (for an even count the lower middle one; ties in seed
+    order)."""
+    ranked = sorted(runs, key=lambda run: run[metric])
+    return ranked[(len(ranked) - 1) // 2]
+
+
+MIN_LENGTH = 5   # [CLS], a token of each text and two [SEP]: shorter, the tokenizer cannot cut a pair to fit
+
+
+def check_options(options) -> None:
+    """Raises FinetuneDataError naming (as its command-line flag) the first number of `options` (FinetuneOptions,
+    or the command's arguments) outside its range; None, the default, passes."""
+    check_ranges(options, [
+        at_least("max_length", MIN_LENGTH), at_least("doc_stride", 0), at_least("max_query_length", 1),
+        at_least("max_answer_length", 1), at_least("n_best", 1), finite_above("lr", 0),
+        within("layerwise_lr_decay", 0, 1, low_open=True), finite_above("epochs", 0), at_least("batch_size", 1),
+        within("warmup_fraction", 0, 1), finite_at_least("weight_decay", 0), at_least("seeds", 1),
+        within("seed", 0, 2 ** 63, high_open=True, written="[0, 2**63)")], FinetuneDataError)
+
+
 def finetune(options: FinetuneOptions) -> dict:
     """Fine-tunes options.model on options.task for options.seeds seeds and scores each on the validation file.
 
-    Returns {"task", "model", "from_scratch", "runs": [{"seed", metric: value, ...}], "median": {...},
-    "median_seed", "notices"}. With options.out, writes `out/metrics.json` (the same) and `out/model/`: the
-    run whose primary metric is the median (the lower middle one for an even count) in Hugging Face format
-    with its tokenizer. The folder appears complete or not at all. Raises FinetuneDataError for bad input."""
+    Returns {"task", "model", "from_scratch", "options", "runs": [{"seed", metric: value, ...}], "median": {...},
+    "metric", "median_seed", "notices"}. With options.out, writes `out/metrics.json` (the same) and `out/model/`:
+    the run whose `metric` (options.metric, else the task's primary one) is the median, in Hugging Face format with
+    its tokenizer. The folder appears complete or not at all. Raises FinetuneDataError for bad input, before any
+    training."""
     from ..checkpoint import write_folder
 
-    if options.seeds < 1 or options.batch_size < 1:
-        raise FinetuneDataError("--seeds and --batch-size must be at least 1")
+    check_options(options)
     tokenizer = load_tokenizer(options.model)
     with _quiet_transformers(_transformers()):   # not its warning for each text longer than the model
         task = prepare(options, tokenizer, load_config(options.model).max_position_embeddings)
+    metric = options.metric or _PRIMARY[task.kind]
+    if metric not in task.metric_names:
+        raise FinetuneDataError(f"--metric {metric}: a {task.kind} task reports {', '.join(task.metric_names)}")
     for notice in task.notices:
         print(notice, file=options.log)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -399,12 +487,10 @@ def finetune(options: FinetuneOptions) -> dict:
                 with _quiet_transformers(_transformers()):
                     model.save_pretrained(saved)
                     tokenizer.save_pretrained(saved)
-        primary = _PRIMARY[task.kind]
-        ranked = sorted(runs, key=lambda run: run[primary])
-        median_seed = ranked[(len(ranked) - 1) // 2]["seed"]
+        median_seed = median_run(runs, metric)["seed"]
         results = {"task": task.kind, "model": options.model, "from_scratch": options.from_scratch,
                    "options": {f.name: getattr(options, f.name) for f in fields(options) if f.name != "log"},
-                   "runs": runs, "median": median_scores(runs), "median_seed": median_seed,
+                   "runs": runs, "median": median_scores(runs), "metric": metric, "median_seed": median_seed,
                    "notices": task.notices}
         if folder:
             os.replace(os.path.join(folder, f"seed-{median_seed}"), os.path.join(folder, "model"))
