@@ -70,6 +70,12 @@ def glue(args) -> int:
     return cli.glue_main(args)
 
 
+def plot(args) -> int:
+    from . import plot as plotting
+
+    return plotting.main(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +133,13 @@ def main(argv=None) -> int:
 
     add_glue_arguments(g)
     g.set_defaults(fn=glue)
+
+    q = sub.add_parser("plot", help="the metrics of several runs' log.jsonl in one figure, against steps, tokens or "
+                                    "FLOPs")
+    from .plot import add_arguments as add_plot_arguments
+
+    add_plot_arguments(q)
+    q.set_defaults(fn=plot)
 
     args = parser.parse_args(argv)
     return args.fn(args)

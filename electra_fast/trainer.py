@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -101,6 +102,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (default: on for a GPU that supports it)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the whole step (forward and backward) as one graph")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write every logged scalar (train and validation, the FLOPs total too) as TensorBoard "
+                        "events under OUT/tensorboard (pip install 'electra-fast[tensorboard]')")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture the whole step (forward and backward) as CUDA graphs and replay it (CUDA only; "
                         "turns the value checks off)")
@@ -143,6 +147,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             if value is not None:
                 raise DataError(f"--objective mlm trains one encoder (the built-in one, or --discriminator's family): "
                                 f"{flag} is for the RTD objectives")
+    check_tensorboard(args.tensorboard)
     if args.data and args.corpus:
         raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
     if args.seq_len > args.max_positions:
@@ -300,7 +305,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                if dist.world > 1 else step_model)
     stream = data.prefetched(windows.batches(batch_size=args.batch_size, seed=args.seed, rank=rank,
                                              world_size=dist.world, start=consumed))
-    log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start) if rank == 0 else None
+    log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start, tensorboard=args.tensorboard) \
+        if rank == 0 else None
     eval_every = args.save_every if args.eval_every is None else args.eval_every
 
     began, tokens_seen, metrics, valid = time.perf_counter(), 0.0, None, {}
@@ -327,7 +333,9 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                 if evaluated:
                     valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
                 if log is not None:
-                    log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s, "flops": step_flops,
+                    log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s,
+                               "tokens": done * args.grad_accum * args.batch_size * dist.world * args.seq_len,
+                               "flops": step_flops,
                                "total_flops": done * step_flops,
                                **({f"valid_{k}": v for k, v in valid.items()} if evaluated else {})})
                 for milestone in milestones:
@@ -349,7 +357,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     finally:
         stream.close()
         if log is not None:
-            log.file.close()
+            log.close()
     if rank == 0:
         export = os.path.join(args.out, "discriminator")  # the folder's name whatever the objective exports
         _export(export, model, tokenizer, step=args.steps, flops=args.steps * step_flops)
@@ -533,9 +541,11 @@ def _save(out, step, model, optimizer, scheduler, consumed, config, keep, dist: 
 
 
 class _Log:
-    """OUT/log.jsonl, one JSON object per step; a resumed run drops the lines after its checkpoint's step."""
+    """OUT/log.jsonl, one JSON object per step; a resumed run drops the lines after its checkpoint's step. With
+    `tensorboard`, every numeric field also goes to TensorBoard event files in OUT/tensorboard (train/NAME, and
+    valid/NAME for the valid_* fields), the events of dropped steps purged."""
 
-    def __init__(self, path: str, keep_until: int):
+    def __init__(self, path: str, keep_until: int, tensorboard: bool = False):
         self.path = path
         kept = []
         if keep_until and os.path.exists(path):
@@ -545,33 +555,46 @@ class _Log:
         self.file = open(path, "w")
         self.file.writelines(kept)
         self.file.flush()
+        self.events = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.events = SummaryWriter(os.path.join(os.path.dirname(os.path.abspath(path)), "tensorboard"),
+                                        purge_step=keep_until + 1 if keep_until else None)
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.events is not None:
+            for name, value in record.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    tag = f"valid/{name[6:]}" if name.startswith("valid_") else f"train/{name}"
+                    self.events.add_scalar(tag, value, record["step"])
+            self.events.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.events is not None:
+            self.events.close()
+
+
+def check_tensorboard(enabled: bool) -> None:
+    """DataError, at once, for --tensorboard without the tensorboard package."""
+    if enabled and importlib.util.find_spec("tensorboard") is None:
+        raise DataError("--tensorboard needs the tensorboard package: pip install 'electra-fast[tensorboard]'")
 
 
 def _plot(log_path: str, png_path: str) -> None:
     """The loss curves of the log as a PNG; a one-line notice instead when matplotlib is missing."""
-    try:
-        import matplotlib
+    from .plot import plot_runs, read_log
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("loss curve skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-        return
-    with open(log_path) as f:
-        records = [json.loads(line) for line in f]
+    run = os.path.dirname(log_path)
+    records = read_log(run)
     if not records:
         return
-    # The MLM baseline's loss is its MLM loss: one panel.
+    # The MLM objective's loss is its MLM loss: one panel.
     keys = ("loss", "mlm_loss", "rtd_loss") if "rtd_loss" in records[0] else ("loss",)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        ax.plot([r["step"] for r in records], [r[key] for r in records])
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        plot_runs([run], png_path, metrics=keys)
+    except ImportError:
+        print("loss curve skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)

@@ -335,6 +335,7 @@ def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsy
                                              EncoderConfig(**config["discriminator"]), 24, masked_fraction=0.15)
     assert [(r["flops"], r["total_flops"]) for r in _log(tmp_path / "a")] == [(per_step, per_step),
                                                                              (per_step, 2 * per_step)]
+    assert [r["tokens"] for r in _log(tmp_path / "a")] == [2 * 24, 4 * 24]  # positions trained on: batch 2 x 24
     capsys.readouterr()
     milestones = [per_step / 2, per_step * 0.75, 2 * per_step, 9 * per_step]  # two in step 1, one past the end
     assert _run(tmp_path / "b", corpus, "--max-flops", str(3.5 * per_step), "--export-at-flops",
@@ -348,6 +349,13 @@ def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsy
     assert len(os.listdir(tmp_path / "b" / "exports")) == 3
     final = json.loads((tmp_path / "b" / "discriminator" / "config.json").read_text())
     assert final["pretraining_flops"] == 3 * per_step
+    # Both runs in one figure against FLOPs: `electra-fast plot` reads what pretrain logged.
+    from electra_fast.cli import main as cli_main
+
+    figure = tmp_path / "runs.png"
+    assert cli_main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--x", "flops", "--metrics", "loss",
+                     "disc_accuracy", "--out", str(figure)]) == 0
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluation_leaves_the_random_state_and_the_mode_as_it_found_them(tmp_path, corpus):
@@ -445,3 +453,35 @@ def test_built_in_pair_takes_embedding_sharing_none_and_resumes_only_so(tmp_path
     capsys.readouterr()
     assert _run(tmp_path, corpus, "--steps", "3", "--resume") == 2
     assert "embedding_sharing" in capsys.readouterr().err
+
+
+def test_tensorboard_events_hold_every_logged_scalar_and_a_resume_purges_dropped_steps(tmp_path, corpus,
+                                                                                       monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from helpers import interrupted_at_step
+
+    out = tmp_path / "run"
+    with interrupted_at_step(monkeypatch, 3):
+        assert _run(out, corpus, "--steps", "4", "--save-every", "2", "--eval-every", "2", "--tensorboard") == 130
+    assert _run(out, corpus, "--steps", "4", "--save-every", "2", "--eval-every", "2", "--tensorboard",
+                "--resume") == 0
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    log = _log(out)
+    for name in ("loss", "rtd_loss", "disc_accuracy", "lr", "total_flops", "tokens"):
+        assert [(e.step, e.value) for e in events.Scalars(f"train/{name}")] == \
+            [(r["step"], pytest.approx(r[name], rel=1e-6)) for r in log], name
+    assert [e.step for e in events.Scalars("valid/loss")] == [2, 4]
+    assert events.Scalars("valid/loss")[-1].value == pytest.approx(log[-1]["valid_loss"], rel=1e-6)
+
+
+def test_tensorboard_without_the_package_fails_fast_in_one_line(tmp_path, corpus, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert _run(tmp_path / "run", corpus, "--tensorboard") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--tensorboard needs the tensorboard package: pip install 'electra-fast[tensorboard]'")
+    assert not (tmp_path / "run").exists()
