@@ -317,7 +317,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
             for step in bar:
                 torch.manual_seed(step_seed(args.seed, step, rank))
                 totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # before clipping
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
@@ -333,7 +333,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                 if evaluated:
                     valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
                 if log is not None:
-                    log.write({"step": done, "lr": lr, **metrics, "tokens_per_s": tokens_per_s,
+                    log.write({"step": done, "lr": lr, "grad_norm": grad_norm.item(), **metrics,
+                               "tokens_per_s": tokens_per_s,
                                "tokens": done * args.grad_accum * args.batch_size * dist.world * args.seq_len,
                                "flops": step_flops,
                                "total_flops": done * step_flops,

@@ -469,7 +469,8 @@ def test_tensorboard_events_hold_every_logged_scalar_and_a_resume_purges_dropped
                 "--resume") == 0
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     log = _log(out)
-    for name in ("loss", "rtd_loss", "disc_accuracy", "lr", "total_flops", "tokens"):
+    assert all(r["grad_norm"] > 0 for r in log)
+    for name in ("loss", "rtd_loss", "disc_accuracy", "lr", "grad_norm", "total_flops", "tokens"):
         assert [(e.step, e.value) for e in events.Scalars(f"train/{name}")] == \
             [(r["step"], pytest.approx(r[name], rel=1e-6)) for r in log], name
     assert [e.step for e in events.Scalars("valid/loss")] == [2, 4]
