@@ -47,6 +47,16 @@ def interpreted(backend: str) -> bool:
     return backend == "triton" and TRITON_INTERPRET
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: on cores shared with other work, a second OpenMP thread only
+    adds waits (10x seen in fine-tuning)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def poisoned(monkeypatch):
     """Makes torch.empty / empty_like return poisoned memory (NaN, or -7 for integers) while the test runs, so

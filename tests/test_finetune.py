@@ -22,13 +22,7 @@ OTHERS = "house river stone cloud music paper table window garden little big hap
 WORDS = FRUITS + COLORS + OTHERS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: on cores shared with other work, a second OpenMP thread only adds waits (10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
