@@ -15,7 +15,9 @@ from electra_fast.finetune import data, glue, train
 from electra_fast.finetune.glue_sample import label_of, write_glue_sample
 
 pytest.importorskip("transformers")
-from test_finetune import one_thread, pretrained  # noqa: E402,F401  (the tiny exported model, one CPU thread)
+from test_finetune import pretrained  # noqa: E402,F401  (the tiny exported model)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN_ROWS, DEV_ROWS, SEEDS = 32, 16, 3
 PAPER_ORDER = ["CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE"]
