@@ -290,7 +290,8 @@ class Windows:
 def prefetched(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[torch.Tensor]:
     """The same batches, made up to `depth` ahead by a background thread, so the training loop does not wait for
     the permutation and the gather (numpy releases the interpreter lock while it copies, and the loop while it
-    waits for the device). Closing the generator stops the thread."""
+    waits for the device). Closing the generator stops the thread and waits for it: a daemon thread still inside
+    torch when the interpreter exits aborts the process ("terminate called without an active exception")."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -311,7 +312,8 @@ def prefetched(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[torc
         except BaseException as e:  # handed to the consumer, which raises it
             hand_over(e)
 
-    threading.Thread(target=produce, daemon=True, name="batches").start()
+    producer = threading.Thread(target=produce, daemon=True, name="batches")
+    producer.start()
     try:
         while True:
             batch = ready.get()
@@ -320,6 +322,7 @@ def prefetched(batches: Iterator[torch.Tensor], depth: int = 2) -> Iterator[torc
             yield batch
     finally:  # closed or collected: the producer stops and lets go of the data
         stop.set()
+        producer.join()
 
 
 _ROUNDS = 4

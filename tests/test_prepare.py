@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -544,3 +545,20 @@ def test_epochs_visit_every_training_window_once_ranks_disjoint_and_resume_exact
     assert torch.equal(again, flat[14:14 + len(again)])
     assert not torch.equal(flat[:7], flat[per_rank:per_rank + 7])  # epoch 1 has its own order
     assert not torch.equal(flat[:7], next(windows.batches(batch_size=7, seed=6, rank=1, world_size=3)))
+
+
+def test_closing_the_prefetched_stream_waits_for_its_thread():
+    # A producer left running at exit aborts the process when it is inside torch; close must join it.
+    made = []
+
+    def slow():
+        for i in range(100):
+            time.sleep(0.2)
+            made.append(i)
+            yield torch.full((2,), i)
+
+    stream = data.prefetched(slow(), depth=1)
+    assert next(stream).tolist() == [0, 0] and next(stream).tolist() == [1, 1]  # the same batches, in order
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "batches"]
+    assert len(made) <= 4  # it stopped: at most the batch in hand when closed, and one queued
