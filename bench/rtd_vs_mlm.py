@@ -11,8 +11,9 @@ For each objective (`electra`, `mlm`, and the paper's ablation `electra-15`, RTD
 F/4, F/2 and F (FLOPs counted as the paper's script counts them: electra_fast.flops); every export, and the same
 encoder freshly initialised (`finetune --from-scratch`), is fine-tuned with `electra-fast finetune` for `--seeds`
 seeds. Jobs run as separate processes, `--jobs` at a time, each on `--threads` threads. OUT gets `results.json`
-(every run, per-point medians and ranges, settings, versions, timings), `results.png` (the figure) and a markdown
-table on stdout; the pretraining runs and fine-tuned models stay under OUT/pretrain and OUT/finetune.
+(every run, per-point medians and ranges, settings, versions, timings), `results.png` (the figure),
+`discriminator.png` (the discriminator's AUC, accuracy, precision and recall against FLOPs) and markdown tables on
+stdout; the pretraining runs and fine-tuned models stay under OUT/pretrain and OUT/finetune.
 
 Data, all human-written and available offline (see bench/wordnet_supersenses.py): WordNet 3.0 from Debian's
 `wordnet-base` (`apt-get install wordnet-base`). The labelled task is supersense classification of a synset's
@@ -178,19 +179,45 @@ def pretraining_summary(args) -> dict:
 
 
 def pretraining_table(summary: dict) -> str:
-    """One row per objective: its run's steps, FLOPs, speed and last losses (validation where logged)."""
-    rows = ["| objective | steps | FLOPs | tokens/s | loss | MLM loss | RTD loss | gen./MLM accuracy | disc. accuracy "
-            "| replaced | valid MLM loss | valid RTD loss |", "|---|" + "---|" * 11]
+    """One row per objective: its run's steps, FLOPs, speed, last losses and the discriminator's metrics (of the
+    last step; valid_*: the exact ones over the validation split)."""
+    columns = [("loss", "loss"), ("MLM loss", "mlm_loss"), ("RTD loss", "rtd_loss"), ("gen./MLM accuracy", None),
+               ("sampled accuracy", "sampled_accuracy"), ("disc. accuracy", "disc_accuracy"),
+               ("1 − replaced", None), ("disc. AUC", "disc_auc"), ("precision", "disc_precision"),
+               ("recall", "disc_recall"), ("valid MLM loss", "valid_mlm_loss"), ("valid disc. AUC", "valid_disc_auc")]
+    rows = ["| objective | steps | FLOPs | tokens/s | " + " | ".join(name for name, _ in columns) + " |",
+            "|---|" + "---|" * (3 + len(columns))]
     for objective, last in summary.items():
         def cell(key):
             return f"{last[key]:.3f}" if key in last else "–"
 
-        accuracy = cell("gen_accuracy") if "gen_accuracy" in last else cell("mlm_accuracy")
+        cells = {"gen./MLM accuracy": cell("gen_accuracy") if "gen_accuracy" in last else cell("mlm_accuracy"),
+                 "1 − replaced": f"{1 - last['replaced_fraction']:.3f}" if "replaced_fraction" in last else "–"}
         rows.append(f"| {objective} | {last['step']} | {last['total_flops']:.3g} | {last['tokens_per_s']:,.0f} | "
-                    f"{cell('loss')} | {cell('mlm_loss')} | {cell('rtd_loss')} | {accuracy} | "
-                    f"{cell('disc_accuracy')} | {cell('replaced_fraction')} | {cell('valid_mlm_loss')} | "
-                    f"{cell('valid_rtd_loss')} |")
+                    + " | ".join(cells.get(name) or cell(key) for name, key in columns) + " |")
     return "\n".join(rows)
+
+
+CURVE_METRICS = ("disc_auc", "disc_accuracy", "disc_precision", "disc_recall")
+
+
+def discriminator_curve(args, rows: int = 6, window: int = 25) -> str:
+    """Is the discriminator learning? For each objective with one, its metrics at `rows` steps spread over the
+    run, each the mean over `window` logged steps around it (one step's AUC comes from one batch), beside
+    1 − replaced, the accuracy of a discriminator that calls every token real."""
+    lines = ["| objective | step | " + " | ".join(CURVE_METRICS) + " | 1 − replaced |",
+             "|---|---|" + "---|" * (len(CURVE_METRICS) + 1)]
+    for objective in args.objectives:
+        with open(os.path.join(args.out, "pretrain", objective, "log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+        if "disc_auc" not in log[0]:
+            continue
+        for i in sorted({round(k * (len(log) - 1) / (rows - 1)) for k in range(rows)}):
+            near = log[max(0, i - window // 2):i + window // 2 + 1]
+            mean = {m: statistics.fmean(r[m] for r in near) for m in (*CURVE_METRICS, "replaced_fraction")}
+            lines.append(f"| {objective} | {log[i]['step']} | " + " | ".join(f"{mean[m]:.3f}" for m in CURVE_METRICS)
+                         + f" | {1 - mean['replaced_fraction']:.3f} |")
+    return "\n".join(lines)
 
 
 def table(records: list[dict], metric: str) -> str:
@@ -311,8 +338,15 @@ def main() -> None:
     title = (f"{args.preset} preset: {args.seeds} fine-tuning seeds per point; "
              f"budget {preset['max_flops']:.2g} FLOPs; masking {args.masking} ({split})")
     plotted = plot(records, metric, os.path.join(args.out, "results.png"), title)
+    runs = [os.path.join(args.out, "pretrain", o) for o in args.objectives if o != "mlm"]
+    if plotted and runs:
+        from electra_fast.plot import plot_runs
+
+        plot_runs(runs, os.path.join(args.out, "discriminator.png"), x="flops", metrics=CURVE_METRICS)
     print(title + "\n")
     print(pretraining_table(results["pretraining"]) + "\n")
+    if runs:
+        print(discriminator_curve(args) + "\n")
     print(table(records, metric))
     print(f"\n{finished - began:.0f} s in all ({prepared - began:.0f} s data); results.json"
           + (", results.png" if plotted else " (no plot: matplotlib is missing)") + f" in {args.out}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from . import api, flops, hf_encoders, hf_mlm
+from . import api, flops, hf_encoders, hf_mlm, rtd_metrics
 from .hf_encoders import EMBEDDING_SHARING, FamilyAdapter
 from .masking import IGNORE_INDEX, MASKING_SPLITS, check_max_predictions, mask_token_slots
 from .models import Discriminator, Generator, preset_configs, save_hugging_face
@@ -31,8 +32,10 @@ class ElectraOutput(NamedTuple):
     mlm_loss: torch.Tensor
     rtd_loss: torch.Tensor
     gen_accuracy: torch.Tensor  # share of masked positions where the argmax is the original id
+    sampled_accuracy: torch.Tensor  # share of masked positions where the sample is the original id
     disc_accuracy: torch.Tensor  # share of the tokens the RTD loss counts where (logit > 0) == is_replaced
     replaced_fraction: torch.Tensor  # share of attended tokens whose id changed
+    disc_histogram: torch.Tensor  # int64 [2, rtd_metrics.BINS]: the counted tokens' logits, real and replaced
 
 
 class _BuiltIn:
@@ -102,13 +105,34 @@ def _padded_ids(model_vocab: int, vocab_size: int) -> torch.Tensor | None:
 
 
 class Pretrainer(nn.Module):
-    """An objective, as the trainer sees it: `forward(input_ids [B, T] int64, attention_mask [B, T] | None)` ->
-    an `Output` NamedTuple whose first field is the loss to minimise (every field a 0-dim tensor, logged by name),
-    its masking (`mask_prob`, `max_predictions`, `masking`: a key of MASKING_SPLITS), and what a run records and
-    exports. A new objective subclasses it; the trainer has no case per objective."""
+    """An objective, as the trainer sees it: `forward(input_ids [B, T] int64, attention_mask [B, T] | None,
+    return_scores=False)` -> an `Output` NamedTuple whose first field is the loss to minimise, its masking
+    (`mask_prob`, `max_predictions`, `masking`: a key of MASKING_SPLITS), and what a run records and exports. A new
+    objective subclasses it; the trainer has no case per objective.
+
+    Metrics: each 0-dim field of Output is logged by name, averaged over micro-batches and processes. The fields
+    named in COUNTS are counts instead, summed over them; `count_metrics` turns the sums into metrics. With
+    return_scores=True forward returns (Output, scores): per-token tensors from which `exact_metrics` computes
+    validation's metrics over every scored token (they replace the averaged ones of the same name)."""
 
     Output: type  # the NamedTuple forward returns
+    COUNTS: dict[str, tuple[str, ...]] = {}  # each field of Output that is a count: the metrics made from it
     export_name = "discriminator"  # what the export folder holds, in words
+
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        """Every metric a training step logs (and a validation), in order."""
+        averaged = tuple(f for f in cls.Output._fields if f not in cls.COUNTS)
+        counted = (name for names in cls.COUNTS.values() for name in names)
+        return averaged + tuple(name for name in counted if name not in averaged)
+
+    def count_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from the COUNTS fields, each summed over a step's micro-batches and processes."""
+        return {}
+
+    def exact_metrics(self, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from the scores of forward(return_scores=True), each concatenated over a whole split."""
+        return {}
 
     def _init_masking(self, *, mask_token_id, vocab_size, special_token_ids, pad_token_id, mask_prob,
                       max_predictions, masking):
@@ -261,7 +285,10 @@ class ElectraPretrainer(Pretrainer):
 
     save_pretrained = save_discriminator  # what fine-tuning takes, under the name MlmPretrainer shares
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ElectraOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_scores: bool = False):
+        """ElectraOutput; with return_scores also a dict of the scored tokens' "disc_logits" (float32 [n]) and
+        "is_replaced" (bool [n]), and the valid slots' "gen_correct" and "sampled_correct" (bool [m])."""
         attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
         positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
         features = self._models.features(slots.masked_ids, attention_mask)
@@ -295,12 +322,32 @@ class ElectraPretrainer(Pretrainer):
         with torch.no_grad():
             attended = attention_mask.bool()
             n_attended = attended.sum().clamp_min(1)
-            gen_accuracy = ((predicted == targets) & valid).sum().float() / valid.sum().clamp_min(1)
+            n_valid = valid.sum().clamp_min(1)
+            gen_correct, sampled_correct = predicted == targets, sampled == targets
+            gen_accuracy = (gen_correct & valid).sum().float() / n_valid
+            sampled_accuracy = (sampled_correct & valid).sum().float() / n_valid
             scored = rtd_weight.bool()
             disc_correct = ((disc_logits > 0) == is_replaced) & scored
             disc_accuracy = disc_correct.sum().float() / scored.sum().clamp_min(1)
             replaced_fraction = (is_replaced & attended).sum().float() / n_attended
-        return ElectraOutput(loss, mlm_loss, rtd, gen_accuracy, disc_accuracy, replaced_fraction)
+            histogram = rtd_metrics.logit_histogram(disc_logits, is_replaced, scored)
+        out = ElectraOutput(loss, mlm_loss, rtd, gen_accuracy, sampled_accuracy, disc_accuracy, replaced_fraction,
+                            histogram)
+        if not return_scores:
+            return out
+        return out, {"disc_logits": disc_logits.detach().float()[scored], "is_replaced": is_replaced[scored],
+                     "gen_correct": gen_correct[valid], "sampled_correct": sampled_correct[valid]}
+
+    COUNTS = {"disc_histogram": ("disc_auc", "disc_precision", "disc_recall", "disc_accuracy")}
+
+    def count_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The discriminator's AUC, precision, recall and accuracy from the summed histogram."""
+        return {f"disc_{k}": v for k, v in rtd_metrics.from_histogram(counts["disc_histogram"]).items()}
+
+    def exact_metrics(self, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+        metrics = {f"disc_{k}": v for k, v in rtd_metrics.exact(scores["disc_logits"], scores["is_replaced"]).items()}
+        metrics.update(gen_accuracy=_share(scores["gen_correct"]), sampled_accuracy=_share(scores["sampled_correct"]))
+        return metrics
 
     def _adversarial_objective(self, rows, weight, bias, sampled, positions, valid, disc_logits):
         """REINFORCE: mean over the valid slots of (reward - baseline) * -log p(sampled); reward = P(real)."""
@@ -324,6 +371,11 @@ _PRETRAINER_ARGS = {"mask_prob", "gen_weight", "disc_weight", "temperature", "di
                     "generator_objective", "baseline_momentum", "max_predictions", "rtd_tokens",
                     "embedding_sharing", "masking"}
 _MLM_ARGS = {"mask_prob", "max_predictions", "masking"}
+
+
+def _share(flags: torch.Tensor) -> float:
+    """The share of True in bool `flags` (NaN when empty)."""
+    return flags.double().mean().item() if flags.numel() else math.nan
 
 
 def _masking_record(pretrainer) -> dict:
@@ -436,7 +488,9 @@ class MlmPretrainer(Pretrainer):
         else:
             self.model.save_pretrained(directory)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MlmOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_scores: bool = False):
+        """MlmOutput; with return_scores also {"mlm_correct": bool [m]}, at the valid slots."""
         attention_mask, slots = _mask_slots(self, input_ids, attention_mask)
         positions, valid, targets = slots.positions.view(-1), slots.valid.view(-1), slots.targets.view(-1)
         # The fused head samples too (its cost is a few hundred ids per row); the sample is unused here.
@@ -452,5 +506,10 @@ class MlmPretrainer(Pretrainer):
             loss, _, predicted = hf_mlm.fused_mlm_loss(self.model, _slot_rows(features, positions), targets,
                                                        vocab_size=self.vocab_size, seed=seed)
         with torch.no_grad():
-            accuracy = ((predicted == targets) & valid).sum().float() / valid.sum().clamp_min(1)
-        return MlmOutput(loss, loss.detach(), accuracy)
+            correct = predicted == targets
+            accuracy = (correct & valid).sum().float() / valid.sum().clamp_min(1)
+        out = MlmOutput(loss, loss.detach(), accuracy)
+        return (out, {"mlm_correct": correct[valid]}) if return_scores else out
+
+    def exact_metrics(self, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"mlm_accuracy": _share(scores["mlm_correct"])}

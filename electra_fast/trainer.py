@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -34,7 +33,7 @@ import time
 
 import torch
 
-from . import checkpoint, data, hf_encoders, locking, prepare
+from . import checkpoint, data, hf_encoders, locking, prepare, tensorboard_events
 from .checkpoint import CheckpointError
 from .corpus import CorpusError
 from .data import DataError
@@ -46,7 +45,7 @@ from .settings import set_value_checks
 # The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
 DEFAULT_LAYERS = 2
 _PROGRESS_NAMES = {"loss": "loss", "mlm_loss": "mlm", "rtd_loss": "rtd", "gen_accuracy": "gen_acc",
-                   "disc_accuracy": "disc_acc", "mlm_accuracy": "mlm_acc"}
+                   "disc_accuracy": "disc_acc", "disc_auc": "disc_auc", "mlm_accuracy": "mlm_acc"}
 EXIT_BAD_INPUT = 2
 
 
@@ -147,7 +146,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             if value is not None:
                 raise DataError(f"--objective mlm trains one encoder (the built-in one, or --discriminator's family): "
                                 f"{flag} is for the RTD objectives")
-    check_tensorboard(args.tensorboard)
+    tensorboard_events.check_available(args.tensorboard, DataError)
     if args.data and args.corpus:
         raise DataError("--data and --corpus: give one of them (--data is a corpus already prepared)")
     if args.seq_len > args.max_positions:
@@ -224,6 +223,11 @@ class _Distributed:
             values /= self.world
         return values
 
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(values)
+        return values
+
     def close(self):
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -250,7 +254,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
     torch.manual_seed(args.seed)
     model = _build_model(args, tokenizer.get_vocab_size(), specials).to(device)
-    metric_names = model.Output._fields
+    averaged = [f for f in model.Output._fields if f not in model.COUNTS]
     step_flops = args.batch_size * args.grad_accum * dist.world * model.sequence_flops(args.seq_len)
     if args.max_flops is not None:
         args.steps = int(args.max_flops // step_flops)
@@ -316,7 +320,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                   desc="pretrain") as bar:
             for step in bar:
                 torch.manual_seed(step_seed(args.seed, step, rank))
-                totals = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"], dist)
+                totals, counts = _accumulate_gradients(wrapped, stream, args.grad_accum, bf16, specials["[PAD]"],
+                                                       dist, model.COUNTS)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # before clipping
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -326,7 +331,8 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
                 totals = dist.mean(totals)
                 tokens_seen += totals[-1].item() * dist.world
-                metrics = dict(zip(metric_names, (totals[:-1] / args.grad_accum).tolist()))
+                metrics = dict(zip(averaged, (totals[:-1] / args.grad_accum).tolist()))
+                metrics.update(model.count_metrics({k: dist.sum(v) for k, v in counts.items()}))
                 tokens_per_s = tokens_seen / (time.perf_counter() - began)
                 done = step + 1
                 evaluated = windows.valid and eval_every and (done % eval_every == 0 or done == args.steps)
@@ -432,10 +438,13 @@ def _valid_sequences(args, tokens: data.TokenData) -> int:
 @torch.no_grad()
 def _evaluate(model: Pretrainer, windows: data.Windows, batch_size: int, bf16: bool,
               pad_id: int, dist: _Distributed) -> dict:
-    """Each metric averaged over the validation split (each rank its share), with dropout off and a fixed seed for
-    the masking and sampling, so that validations compare across steps; leaves training's RNG state as it was."""
-    metric_names = model.Output._fields
-    sums = torch.zeros(len(metric_names) + 1, device=dist.device, dtype=torch.float64)
+    """Each metric over the validation split (each rank its share), with dropout off and a fixed seed for the
+    masking and sampling, so that validations compare across steps; leaves training's RNG state as it was. The
+    losses are averaged over the sequences; the metrics of `model.exact_metrics` are computed over every scored
+    token of the split."""
+    averaged = [f for f in model.Output._fields if f not in model.COUNTS]
+    sums = torch.zeros(len(averaged) + 1, device=dist.device, dtype=torch.float64)
+    scores: dict[str, list] = {}
     mine = windows.validation(dist.rank, dist.world)
     was_training = model.training
     model.eval()
@@ -444,14 +453,18 @@ def _evaluate(model: Pretrainer, windows: data.Windows, batch_size: int, bf16: b
         for begin in range(0, len(mine), batch_size):
             batch = windows.sequences(mine[begin:begin + batch_size]).to(dist.device)
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(batch)
-            sums += torch.stack([*(v.double() * len(batch) for v in out), torch.tensor(float(len(batch)),
-                                                                                       device=dist.device,
-                                                                                       dtype=torch.float64)])
+                out, batch_scores = model(batch, return_scores=True)
+            fields = out._asdict()
+            sums += torch.stack([*(fields[f].double() * len(batch) for f in averaged),
+                                 torch.tensor(float(len(batch)), device=dist.device, dtype=torch.float64)])
+            for k, v in batch_scores.items():
+                scores.setdefault(k, []).append(v.cpu())
     model.train(was_training)
-    if dist.world > 1:
-        torch.distributed.all_reduce(sums)
-    return dict(zip(metric_names, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
+    metrics = dict(zip(averaged, (dist.sum(sums)[:-1] / sums[-1].clamp_min(1)).tolist()))
+    # One gather on every rank, whatever it holds (a rank's share of the split may be empty).
+    every = dist.gather([{k: torch.cat(parts) for k, parts in scores.items()}])
+    split = {k: torch.cat([part[k] for part in every if k in part]) for k in set().union(*every)}
+    return {**metrics, **(model.exact_metrics(split) if split else {})}
 
 
 def _step_model(model: Pretrainer, *, compile: bool, cuda_graphs: bool) -> torch.nn.Module:
@@ -465,12 +478,12 @@ def _step_model(model: Pretrainer, *, compile: bool, cuda_graphs: bool) -> torch
     return torch.compile(model, fullgraph=True) if compile else model
 
 
-def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int,
-                          dist: _Distributed) -> torch.Tensor:
+def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: int, dist: _Distributed,
+                          counted) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward and backward of `grad_accum` micro-batches from `stream` (DDP all-reduces gradients on the last
-    only); returns float32 [outputs + 1]: each of the model's outputs summed over the micro-batches, then the
-    tokens seen."""
-    totals = 0
+    only); returns float32 [outputs + 1]: each of the model's 0-dim outputs summed over the micro-batches, then
+    the tokens seen; and the outputs named in `counted`, each summed over the micro-batches."""
+    totals, counts = 0, {}
     for micro in range(grad_accum):
         batch = next(stream).to(dist.device)
         last = micro == grad_accum - 1
@@ -478,8 +491,12 @@ def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: 
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = wrapped(batch)
             (out.loss / grad_accum).backward()
-        totals += torch.stack([*(v.detach().float() for v in out), (batch != pad_id).sum().float()])
-    return totals
+        fields = out._asdict()
+        totals += torch.stack([*(v.detach().float() for k, v in fields.items() if k not in counted),
+                               (batch != pad_id).sum().float()])
+        for k in counted:
+            counts[k] = counts.get(k, 0) + fields[k]
+    return totals, counts
 
 
 def _build_model(args, vocab_size: int, specials: dict) -> Pretrainer:
@@ -558,31 +575,20 @@ class _Log:
         self.file.flush()
         self.events = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.events = SummaryWriter(os.path.join(os.path.dirname(os.path.abspath(path)), "tensorboard"),
-                                        purge_step=keep_until + 1 if keep_until else None)
+            self.events = tensorboard_events.summary_writer(
+                os.path.join(os.path.dirname(os.path.abspath(path)), "tensorboard"),
+                purge_step=keep_until + 1 if keep_until else None)
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.events is not None:
-            for name, value in record.items():
-                if name != "step" and isinstance(value, (int, float)):
-                    tag = f"valid/{name[6:]}" if name.startswith("valid_") else f"train/{name}"
-                    self.events.add_scalar(tag, value, record["step"])
-            self.events.flush()
+            tensorboard_events.write_scalars(self.events, record, record["step"])
 
     def close(self) -> None:
         self.file.close()
         if self.events is not None:
             self.events.close()
-
-
-def check_tensorboard(enabled: bool) -> None:
-    """DataError, at once, for --tensorboard without the tensorboard package."""
-    if enabled and importlib.util.find_spec("tensorboard") is None:
-        raise DataError("--tensorboard needs the tensorboard package: pip install 'electra-fast[tensorboard]'")
 
 
 def _plot(log_path: str, png_path: str) -> None:

@@ -25,6 +25,14 @@ def head_inputs(n, h, v, *, dtype=torch.float32, device="cpu", bias=True, ignore
     return hidden, weight, b, targets.to(device)
 
 
+def flat_output(out) -> torch.Tensor:
+    """A pretrainer's output, detached, as one float64 vector, so that two steps' outputs compare in one
+    assertion: every 0-dim field, and of each histogram the count per class (a compiled step's logits may differ
+    from eager's in the last bits, and a token then falls in the next bin)."""
+    return torch.cat([v.detach().double().reshape(1) if v.dim() == 0 else v.detach().double().sum(-1)
+                      for v in out])
+
+
 def padded_batch(lengths, t: int, vocab: int, *, cls: int, sep: int, pad: int, seed: int = 0):
     """(ids [B, T] int64, attention_mask [B, T] int64) for rows of `lengths` (B = len(lengths)): random ids in
     [5, vocab) between [CLS] and [SEP], right-padded with `pad`."""

@@ -454,3 +454,42 @@ def test_a_bert_folder_fine_tunes_with_its_pooler_initialised(pretrained, tmp_pa
     assert results["runs"][0]["accuracy"] > 0
     loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model")
     assert type(loaded).__name__ == "BertForSequenceClassification"
+
+
+def test_tensorboard_events_hold_each_steps_loss_lr_and_the_scores_of_each_seed(pretrained, tmp_path, capsys,
+                                                                                monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from electra_fast.trainer import lr_multiplier
+
+    rng = random.Random(5)
+    train_file = _write_tsv(tmp_path / "train.tsv", _fruit_sentences(40, rng))
+    validation = _write_tsv(tmp_path / "dev.tsv", _fruit_sentences(20, rng))
+    out = tmp_path / "out"
+    results = finetune(_options(pretrained, "classification", train_file, validation, out=str(out), seeds=2,
+                                epochs=2, text_columns=("sentence",), tensorboard=True))
+    total = 2 * 3  # 2 epochs of 40 rows in batches of 16
+    warmup = max(1, round(total * 0.1))
+    for run in results["runs"]:
+        events = EventAccumulator(str(out / "tensorboard" / f"seed-{run['seed']}")).Reload()
+        assert [e.step for e in events.Scalars("train/loss")] == list(range(1, total + 1))
+        assert all(e.value > 0 for e in events.Scalars("train/loss") + events.Scalars("train/grad_norm"))
+        assert [e.value for e in events.Scalars("train/lr")] == pytest.approx(
+            [3e-3 * lr_multiplier(s, warmup=warmup, total=total) for s in range(total)], rel=1e-6)
+        assert [(e.step, e.value) for e in events.Scalars("valid/accuracy")] == [(total, pytest.approx(
+            run["accuracy"], rel=1e-6))]
+    # Refused before anything is written: without --out, and without the package.
+    for extra in ([], ["--out", str(tmp_path / "other")]):
+        if extra:
+            import importlib.util
+
+            real = importlib.util.find_spec
+            monkeypatch.setattr(importlib.util, "find_spec",
+                                lambda name, *a: None if name == "tensorboard" else real(name, *a))
+        status = cli_main(["finetune", "--model", str(pretrained), "--task", "classification", "--train",
+                           str(train_file), "--validation", str(validation), "--text-columns", "sentence",
+                           "--tensorboard", "--quiet", *extra])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1 and "--tensorboard needs" in error, error
+    assert not (tmp_path / "other").exists()

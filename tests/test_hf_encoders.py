@@ -13,7 +13,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 import electra_fast  # noqa: E402
-from electra_fast import ElectraOutput, ElectraPretrainer, api, hf_encoders  # noqa: E402
+from electra_fast import ElectraPretrainer, api, hf_encoders  # noqa: E402
 from electra_fast.masking import IGNORE_INDEX  # noqa: E402
 from helpers import TINY_FAMILIES, TINY_SIZES, fit_fixed_batch, interrupted_at_step, padded_batch, tiny_config  # noqa: E402
 
@@ -40,7 +40,7 @@ def _batch(b=4, t=20, seed=0):
 def test_the_step_runs_and_both_losses_fall_on_a_fixed_batch(name):
     model = _pretrainer(name, embedding_sharing="gdes" if name.startswith("deberta") else "es")
     losses = fit_fixed_batch(model, *_batch(), steps=20)
-    assert all(v.isfinite() for out in losses for v in out)
+    assert all(v.isfinite().all() for out in losses for v in out)
     assert losses[-1].mlm_loss < 0.8 * losses[0].mlm_loss and losses[-1].rtd_loss < losses[0].rtd_loss
 
 
@@ -300,7 +300,7 @@ def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_
 
     logs = [[json.loads(line) for line in open(tmp_path / run / "log.jsonl")] for run in "ab"]
     assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
-    for key in ElectraOutput._fields:
+    for key in ElectraPretrainer.metric_names():
         assert [r[key] for r in logs[0]] == [r[key] for r in logs[1]], key
     weights = [load_file(os.path.join(checkpoint.latest(tmp_path / run), checkpoint.WEIGHTS)) for run in "ab"]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import electra_fast
-from electra_fast import ElectraPretrainer, MlmPretrainer, api, mask_token_slots
+from electra_fast import ElectraPretrainer, MlmPretrainer, api, mask_token_slots, rtd_metrics
 from electra_fast.masking import MASKING_SPLITS
+from electra_fast.pretrainer import RTD_TOKENS
 from electra_fast.pretrainer import _mask_slots
 from helpers import TINY_FAMILIES, padded_batch, tiny_config
 
@@ -159,6 +160,46 @@ def test_mlm_pretrainer_refuses_a_discriminator():
         MlmPretrainer(electra.discriminator, mask_token_id=MASK, vocab_size=V)
 
 
+@pytest.mark.parametrize("rtd_tokens", RTD_TOKENS)
+def test_the_discriminators_and_generators_metrics_are_those_of_the_tokens_the_loss_scores(monkeypatch, rtd_tokens):
+    sklearn = pytest.importorskip("sklearn.metrics")
+    torch.manual_seed(4)
+    model = ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, special_token_ids=(CLS, SEP),
+                                          rtd_tokens=rtd_tokens, **SIZE)
+    seen = {}
+    rtd_loss = api.rtd_loss
+
+    def spy(logits, is_replaced, weight):
+        seen.update(logits=logits.detach().view(-1), is_replaced=is_replaced.view(-1), weight=weight.view(-1))
+        return rtd_loss(logits, is_replaced, weight)
+
+    monkeypatch.setattr(api, "rtd_loss", spy)
+    ids, mask = _batch(b=5, t=29)
+    torch.manual_seed(8)
+    out, scores = model(ids, mask, return_scores=True)
+    scored = seen["weight"] != 0
+    logits, labels = seen["logits"][scored], seen["is_replaced"][scored]
+    assert torch.equal(scores["disc_logits"], logits.float()) and torch.equal(scores["is_replaced"], labels)
+    assert torch.equal(out.disc_histogram, rtd_metrics.logit_histogram(logits, labels, torch.ones_like(labels)))
+    y, s = labels.numpy(), logits.double().numpy()
+    truth = {"disc_auc": sklearn.roc_auc_score(y, s), "disc_recall": sklearn.recall_score(y, s > 0),
+             "disc_precision": sklearn.precision_score(y, s > 0, zero_division=float("nan")),
+             "disc_accuracy": sklearn.accuracy_score(y, s > 0)}
+    counted, exact = model.count_metrics({"disc_histogram": out.disc_histogram}), model.exact_metrics(scores)
+    for name, value in truth.items():
+        assert exact[name] == pytest.approx(value, abs=1e-12, nan_ok=True), name
+        assert counted[name] == pytest.approx(value, abs=0.005 if name == "disc_auc" else 1e-12, nan_ok=True), name
+    # The generator's: a sample equal to the original leaves the token real (SPEC §1), so the sampled accuracy is
+    # the share of masked slots left unreplaced.
+    slots = _same_slots(model, ids, mask, 8)
+    positions = slots.positions.view(-1)[slots.valid.view(-1)]
+    sampled_accuracy = 1 - seen["is_replaced"][positions].double().mean().item()
+    assert exact["sampled_accuracy"] == pytest.approx(sampled_accuracy, abs=1e-12)
+    assert out.sampled_accuracy.item() == pytest.approx(sampled_accuracy, abs=1e-6)
+    assert exact["gen_accuracy"] == pytest.approx(out.gen_accuracy.item(), abs=1e-6)
+    assert len(scores["gen_correct"]) == len(positions)
+
+
 def test_electra_15_counts_rtd_only_at_the_masked_positions(monkeypatch):
     torch.manual_seed(2)
     model = ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, special_token_ids=(CLS, SEP),
@@ -193,7 +234,8 @@ def test_electra_15_counts_rtd_only_at_the_masked_positions(monkeypatch):
     model.rtd_tokens = "masked"
     torch.manual_seed(11)
     transposed = model(ids, mask.t().contiguous().t())
-    torch.testing.assert_close(torch.stack(list(transposed)), torch.stack(list(out)))
+    for name, value in out._asdict().items():
+        torch.testing.assert_close(getattr(transposed, name), value, msg=name)
     with pytest.raises(ValueError, match="rtd_tokens"):
         ElectraPretrainer.from_preset("small", vocab_size=V, mask_token_id=MASK, rtd_tokens="some", **SIZE)
 
@@ -259,5 +301,8 @@ def test_rtd_vs_mlm_smoke_runs_every_objective(tmp_path):
     with open(os.path.join(last["mlm"]["model"], "config.json")) as f:
         assert json.load(f)["architectures"] == ["ElectraForMaskedLM"]
     assert "| mlm |" in run.stdout and "| from-scratch |" in run.stdout
+    assert all(0 <= results["pretraining"][o]["valid_disc_auc"] <= 1 for o in ("electra", "electra-15"))
+    curve = run.stdout[run.stdout.index("| objective | step | disc_auc |"):].split("\n\n")[0].splitlines()[2:]
+    assert {line.split(" | ")[0] for line in curve} == {"| electra", "| electra-15"}  # MLM has no discriminator
     pytest.importorskip("matplotlib")
-    assert (out / "results.png").stat().st_size > 1000
+    assert (out / "results.png").stat().st_size > 1000 and (out / "discriminator.png").stat().st_size > 1000

@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import electra_fast
+from helpers import flat_output
 from test_pretrainer import CLS, MASK, SEP, V, _batch, _builtin, _hugging_face
 
 
@@ -57,7 +58,7 @@ def _train(step, model, steps=2):
         out = step(ids, mask)
         opt.zero_grad()
         out.loss.backward()
-        results.append((torch.stack(list(out)).detach(), [p.grad.clone() for p in model.parameters()
+        results.append((flat_output(out), [p.grad.clone() for p in model.parameters()
                                                           if p.grad is not None]))
         opt.step()
     return results, [p.detach().clone() for p in model.parameters()]
@@ -179,7 +180,7 @@ def test_cuda_graph_replay_equals_eager_and_makes_no_host_sync(monkeypatch):
                     opt.zero_grad()
                     out.loss.backward()
                     opt.step()
-                    outputs.append(torch.stack(list(out)).detach().clone())
+                    outputs.append(flat_output(out))
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             results.append(torch.stack(outputs))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import electra_fast
-from electra_fast import ElectraPretrainer
+from electra_fast import ElectraPretrainer, rtd_metrics
 from helpers import fit_fixed_batch, padded_batch
 
 V, MASK, CLS, SEP, PAD = 120, 3, 1, 2, 0
@@ -43,9 +43,13 @@ def test_output_fields_and_loss_composition(make):
     out = model(ids, mask)
     assert torch.equal(ids, before)  # the caller's ids are never changed
     for name, value in out._asdict().items():
-        assert value.dim() == 0 and value.dtype == torch.float32 and value.isfinite(), name
+        if name not in model.COUNTS:
+            assert value.dim() == 0 and value.dtype == torch.float32 and value.isfinite(), name
     assert out.loss.requires_grad and out.mlm_loss.requires_grad and out.rtd_loss.requires_grad
-    assert not (out.gen_accuracy.requires_grad or out.disc_accuracy.requires_grad)
+    assert not (out.gen_accuracy.requires_grad or out.sampled_accuracy.requires_grad
+                or out.disc_accuracy.requires_grad)
+    assert out.disc_histogram.dtype == torch.long and out.disc_histogram.shape == (2, rtd_metrics.BINS)
+    assert out.disc_histogram.sum() == mask.sum()  # every attended token, once
     assert torch.allclose(out.loss, 0.7 * out.mlm_loss + 20.0 * out.rtd_loss)
     assert 0 <= out.replaced_fraction <= 0.25
 

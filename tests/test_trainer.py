@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from electra_fast import checkpoint, data, trainer
-from electra_fast.pretrainer import ElectraOutput
+from electra_fast.pretrainer import ElectraPretrainer
 from helpers import interrupted_at_step
 
 TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
@@ -124,7 +124,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus, monkeypa
 
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [r["step"] for r in b] == list(range(1, 7))
-    for key in ElectraOutput._fields + ("lr",):
+    for key in ElectraPretrainer.metric_names() + ("lr",):
         assert [r[key] for r in a] == [r[key] for r in b], key
     from safetensors.torch import load_file
 
@@ -194,7 +194,6 @@ def test_damaged_checkpoint_is_refused_and_the_previous_one_still_loads(tmp_path
 
 
 def _model_of(config):
-    from electra_fast import ElectraPretrainer
     from electra_fast.models import Discriminator, EncoderConfig, Generator
 
     gen, disc = (EncoderConfig(**config["model"][k]) for k in ("generator", "discriminator"))
@@ -316,9 +315,9 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
     assert _run(tmp_path / "b", corpus, "--steps", "4", "--valid-sequences", "5", "--eval-every", "0") == 0
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [sorted(k for k in r if k.startswith("valid_")) for r in a] == [[], [f"valid_{m}" for m in sorted(
-        ElectraOutput._fields)], [], [f"valid_{m}" for m in sorted(ElectraOutput._fields)]]
+        ElectraPretrainer.metric_names())], [], [f"valid_{m}" for m in sorted(ElectraPretrainer.metric_names())]]
     assert not any(k.startswith("valid_") for r in b for k in r)
-    for key in ElectraOutput._fields:
+    for key in ElectraPretrainer.metric_names():
         assert [r[key] for r in a] == [r[key] for r in b]
     assert a[1]["valid_mlm_loss"] != a[3]["valid_mlm_loss"]  # the model changed between the two validations
     assert _run(tmp_path / "c", corpus, "--steps", "2", "--valid-sequences", "5", "--eval-every", "2") == 0
@@ -359,7 +358,7 @@ def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsy
 
 
 def test_evaluation_leaves_the_random_state_and_the_mode_as_it_found_them(tmp_path, corpus):
-    from electra_fast import ElectraPretrainer, prepare
+    from electra_fast import prepare
 
     prepare.prepare([corpus[0]], str(tmp_path / "data"), tokenizer_dir=corpus[1], progress=False)
     windows = data.TokenData(str(tmp_path / "data")).windows(24, valid_sequences=5)
@@ -370,7 +369,7 @@ def test_evaluation_leaves_the_random_state_and_the_mode_as_it_found_them(tmp_pa
     before = torch.get_rng_state()
     metrics = trainer._evaluate(model, windows, 2, False, 0, trainer._Distributed("cpu"))
     assert torch.equal(torch.get_rng_state(), before) and model.training
-    assert set(metrics) == set(ElectraOutput._fields) and metrics == trainer._evaluate(
+    assert set(metrics) == set(ElectraPretrainer.metric_names()) and metrics == trainer._evaluate(
         model, windows, 2, False, 0, trainer._Distributed("cpu"))  # a fixed seed: the same masks every time
 
 

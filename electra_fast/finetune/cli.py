@@ -76,6 +76,10 @@ def add_training_arguments(g, *, epochs_help: str) -> None:
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for a GPU that supports it)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard event files in OUT/tensorboard/seed-N: each step's loss, learning rate and "
+                        "gradient norm, and the validation scores (needs --out; they appear with the folder, when "
+                        "the run ends; pip install 'electra-fast[tensorboard]')")
 
 
 def options_from(args: argparse.Namespace) -> FinetuneOptions:
@@ -88,7 +92,7 @@ def options_from(args: argparse.Namespace) -> FinetuneOptions:
         n_best=args.n_best, lr=args.lr, layerwise_lr_decay=args.layerwise_lr_decay, epochs=args.epochs,
         batch_size=args.batch_size, warmup_fraction=args.warmup_fraction, weight_decay=args.weight_decay,
         seeds=args.seeds, seed=args.seed, metric=args.metric, device=args.device, bf16=args.bf16,
-        progress=not args.quiet)
+        progress=not args.quiet, tensorboard=args.tensorboard)
 
 
 def main(args: argparse.Namespace) -> int:

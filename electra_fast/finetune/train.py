@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from .. import tensorboard_events
 from ..flag_checks import at_least, check_ranges, finite_above, finite_at_least, within
 from ..hf_encoders import FAMILIES
 from ..trainer import lr_multiplier
@@ -79,6 +80,7 @@ class FinetuneOptions:
     device: str | None = None
     bf16: bool | None = None
     progress: bool = True
+    tensorboard: bool = False              # event files in out/tensorboard/seed-N (needs out)
     log: object = field(default=sys.stderr, repr=False)   # where the run's notices go (a text stream)
 
 
@@ -379,9 +381,11 @@ def _outputs(model, task: _Task, batch: dict) -> list:
     return output.logits.float().tolist()
 
 
-def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id: int) -> dict:
+def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id: int, events=None) -> dict:
     """Fine-tunes `model` in place on task.train with seed `seed`, then scores it on each validation file: the
-    metrics of each, named with its prefix."""
+    metrics of each, named with its prefix. With `events` (a TensorBoard writer), each step's loss, learning rate
+    (the head's) and gradient norm (before clipping) go to train/NAME, and the scores to valid/NAME at the last
+    step."""
     from tqdm import tqdm
 
     device = _device(options)
@@ -408,7 +412,10 @@ def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(**_inputs(model, batch)).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if events is not None:
+                tensorboard_events.write_scalars(events, {"loss": loss.item(), "lr": max(scheduler.get_last_lr()),
+                                                          "grad_norm": grad_norm.item()}, step + 1)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -423,6 +430,8 @@ def train_one(model, task: _Task, options: FinetuneOptions, *, seed: int, pad_id
                 batch = data.collate(evaluation.features[i:i + options.batch_size], pad_id, ())
                 outputs.extend(_outputs(model, task, {k: v.to(device) for k, v in batch.items()}))
         scores.update({evaluation.prefix + name: value for name, value in evaluation.score(outputs).items()})
+    if events is not None:
+        tensorboard_events.write_scalars(events, {f"valid_{k}": v for k, v in scores.items()}, total)
     return scores
 
 
@@ -463,6 +472,9 @@ def finetune(options: FinetuneOptions) -> dict:
     from ..checkpoint import write_folder
 
     check_options(options)
+    tensorboard_events.check_available(options.tensorboard, FinetuneDataError)
+    if options.tensorboard and not options.out:
+        raise FinetuneDataError("--tensorboard needs --out: the event files go to OUT/tensorboard")
     tokenizer = load_tokenizer(options.model)
     with _quiet_transformers(_transformers()):   # not its warning for each text longer than the model
         task = prepare(options, tokenizer, load_config(options.model).max_position_embeddings)
@@ -479,7 +491,14 @@ def finetune(options: FinetuneOptions) -> dict:
             torch.manual_seed(seed)
             model = load_model(options.model, options.task, from_scratch=options.from_scratch,
                                **task.config_changes)
-            runs.append({"seed": seed, **train_one(model, task, options, seed=seed, pad_id=pad_id)})
+            events = (tensorboard_events.summary_writer(os.path.join(folder, "tensorboard", f"seed-{seed}"))
+                      if options.tensorboard else None)
+            try:
+                runs.append({"seed": seed, **train_one(model, task, options, seed=seed, pad_id=pad_id,
+                                                       events=events)})
+            finally:
+                if events is not None:
+                    events.close()
             print(f"seed {seed}: " + " ".join(f"{k} {v:.4f}" for k, v in runs[-1].items()
                                               if k != "seed" and isinstance(v, float)), file=options.log)
             if folder:
