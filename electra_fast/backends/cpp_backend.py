@@ -4,18 +4,23 @@ run through torch's BLAS.
 The generator head walks the vocabulary in tiles (`tile_width`) for all rows at once: one GEMM writes the tile's
 logits into a reused buffer, and the C++ epilogue folds it into per-row state (running max and sum of
 exponentials, target logit, argmax, the sampler's chunk log-masses) while it is still in cache. The backward
-recomputes each tile, turns it into softmax - one-hot in place, and feeds it to the two gradient GEMMs. No
-[N, V] tensor is ever held.
+recomputes each tile, turns it into softmax - one-hot in place, and feeds it to the two gradient GEMMs: four
+GEMMs in all, and no [N, V] tensor held.
+
+When training asks for the gradients (a mean or sum loss), the forward computes them instead, in blocks of whole
+rows whose logits fit the logits budget (`electra_fast.set_logits_budget`): each block's logits, once folded,
+are turned into softmax - one-hot in place and fed to the gradient GEMMs. Three GEMMs, as a plain
+cross-entropy over materialised logits takes, with a block of rows held instead of all of them.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _C
+from .. import _C, settings
 from ..reference import CHUNK, compute_dtype, reduce_rows, row_scale
 from ..tensor_checks import require
 
-GRADS_IN_FORWARD = False  # the vocabulary tiles of all rows stay in cache; the backward recomputes them
+GRADS_IN_FORWARD = True  # row blocks within the logits budget: three GEMMs instead of four
 
 MIN_TILE = 512  # ids; narrower tiles make the GEMMs inefficient
 
@@ -73,6 +78,20 @@ class _RowState:
         self.nan = torch.zeros(n, dtype=torch.uint8)
         self.chunk_lse = torch.empty(n, self.n_chunks)
 
+    def rows(self, begin: int, end: int) -> "_RowState":
+        """The state of rows begin..end-1, sharing this one's storage."""
+        part = _RowState.__new__(_RowState)
+        part.n_chunks = self.n_chunks
+        for name in ("run_max", "run_sum", "target_logit", "best", "best_id", "nan", "chunk_lse"):
+            setattr(part, name, getattr(self, name)[begin:end])
+        return part
+
+    def stats(self) -> torch.Tensor:
+        """The softmax statistics [N, 2] (max, log sum exp(x - max)) of the rows folded over the whole vocabulary;
+        NaN where a logit was NaN."""
+        log_sum = torch.where(self.nan.bool(), torch.full((), float("nan")), torch.log(self.run_sum))
+        return torch.stack([self.run_max, log_sum], dim=1)
+
     def fold(self, logits, v0, targets, ignore_index, temperature, disallow_correct):
         rows, width = logits.shape
         f32, n = torch.float32, (rows,)
@@ -89,8 +108,8 @@ class _RowState:
         uses. The sampler's stage 2 reads `logits` [N, V] when given, else recomputes the chosen chunk from hidden,
         weight, bias (float32, contiguous)."""
         n = targets.shape[0]
-        log_sum = torch.where(self.nan.bool(), torch.full((), float("nan")), torch.log(self.run_sum))
-        stats = torch.stack([self.run_max, log_sum], dim=1)
+        stats = self.stats()
+        log_sum = stats[:, 1]
         valid = targets != ignore_index
         # log_sum + (max - target) rather than logsumexp - target: no cancellation when the target dominates.
         per_row = torch.where(valid, log_sum + (self.run_max - self.target_logit), torch.zeros(()))
@@ -137,14 +156,44 @@ def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_corr
     targets = targets.contiguous()
     n, vocab = h.shape[0], w.shape[0]
     state = _RowState(n, vocab)
-    tiles, buffer = _tiles(n, vocab)
-    for v0, width in tiles:
-        state.fold(_tile_logits(buffer, h, w, b, v0, width), v0, targets, ignore_index, temperature,
-                   disallow_correct)
+    fold = (targets, ignore_index, temperature, disallow_correct)
+    dh = dw = db = None
+    if any(grads):
+        dh, dw, db = _fold_with_grads(state, h, w, b, fold, reduction, grads)
+    else:
+        tiles, buffer = _tiles(n, vocab)
+        for v0, width in tiles:
+            state.fold(_tile_logits(buffer, h, w, b, v0, width), v0, *fold)
     loss, sampled, predicted, stats = state.finish(targets, seed, temperature, disallow_correct, ignore_index,
                                                    reduction, compute_dtype(hidden, weight, bias), hidden=h,
                                                    weight=w, bias=b)
-    return loss, sampled, predicted, stats, None, None, None
+    return loss, sampled, predicted, stats, dh, dw, db
+
+
+def _fold_with_grads(state, h, w, b, fold, reduction, grads):
+    """Folds every row into `state` in blocks of whole rows within the logits budget, and returns the wanted
+    gradients (d hidden, d weight, d bias; None for the others) for a unit upstream gradient."""
+    targets, ignore_index = fold[0], fold[1]
+    n, vocab = h.shape[0], w.shape[0]
+    block = max(1, min(n, settings.logits_budget() // (4 * vocab)))
+    scale = row_scale(torch.ones(()), targets, ignore_index, reduction).contiguous()
+    dh = torch.empty_like(h) if grads[0] else None
+    dw = torch.zeros_like(w) if grads[1] else None
+    db = torch.zeros_like(b) if grads[2] else None
+    buffer = torch.empty(block * vocab)
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        part, rows = state.rows(r0, r1), h[r0:r1]
+        g = _tile_logits(buffer, rows, w, b, 0, vocab)
+        part.fold(g, 0, targets[r0:r1], *fold[1:])
+        _backward_tile(g, 0, targets[r0:r1], ignore_index, part.stats(), scale[r0:r1])
+        if dh is not None:
+            torch.mm(g, w, out=dh[r0:r1])
+        if dw is not None:
+            dw.addmm_(g.T, rows)
+        if db is not None:
+            db += g.sum(dim=0)
+    return dh, dw, db
 
 
 def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
