@@ -120,11 +120,14 @@ class Pretrainer(nn.Module):
     export_name = "discriminator"  # what the export folder holds, in words
 
     @classmethod
+    def averaged_fields(cls) -> tuple[str, ...]:
+        """The fields of Output that are 0-dim metrics (not counts), in order."""
+        return tuple(f for f in cls.Output._fields if f not in cls.COUNTS)
+
+    @classmethod
     def metric_names(cls) -> tuple[str, ...]:
         """Every metric a training step logs (and a validation), in order."""
-        averaged = tuple(f for f in cls.Output._fields if f not in cls.COUNTS)
-        counted = (name for names in cls.COUNTS.values() for name in names)
-        return averaged + tuple(name for name in counted if name not in averaged)
+        return cls.averaged_fields() + tuple(name for names in cls.COUNTS.values() for name in names)
 
     def count_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metrics from the COUNTS fields, each summed over a step's micro-batches and processes."""
@@ -338,10 +341,10 @@ class ElectraPretrainer(Pretrainer):
         return out, {"disc_logits": disc_logits.detach().float()[scored], "is_replaced": is_replaced[scored],
                      "gen_correct": gen_correct[valid], "sampled_correct": sampled_correct[valid]}
 
-    COUNTS = {"disc_histogram": ("disc_auc", "disc_precision", "disc_recall", "disc_accuracy")}
+    COUNTS = {"disc_histogram": ("disc_auc", "disc_precision", "disc_recall")}
 
     def count_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The discriminator's AUC, precision, recall and accuracy from the summed histogram."""
+        """The discriminator's AUC, precision and recall from the summed histogram."""
         return {f"disc_{k}": v for k, v in rtd_metrics.from_histogram(counts["disc_histogram"]).items()}
 
     def exact_metrics(self, scores: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -254,7 +254,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
     torch.manual_seed(args.seed)
     model = _build_model(args, tokenizer.get_vocab_size(), specials).to(device)
-    averaged = [f for f in model.Output._fields if f not in model.COUNTS]
+    averaged = model.averaged_fields()
     step_flops = args.batch_size * args.grad_accum * dist.world * model.sequence_flops(args.seq_len)
     if args.max_flops is not None:
         args.steps = int(args.max_flops // step_flops)
@@ -442,7 +442,7 @@ def _evaluate(model: Pretrainer, windows: data.Windows, batch_size: int, bf16: b
     masking and sampling, so that validations compare across steps; leaves training's RNG state as it was. The
     losses are averaged over the sequences; the metrics of `model.exact_metrics` are computed over every scored
     token of the split."""
-    averaged = [f for f in model.Output._fields if f not in model.COUNTS]
+    averaged = model.averaged_fields()
     sums = torch.zeros(len(averaged) + 1, device=dist.device, dtype=torch.float64)
     scores: dict[str, list] = {}
     mine = windows.validation(dist.rank, dist.world)
@@ -460,7 +460,8 @@ def _evaluate(model: Pretrainer, windows: data.Windows, batch_size: int, bf16: b
             for k, v in batch_scores.items():
                 scores.setdefault(k, []).append(v.cpu())
     model.train(was_training)
-    metrics = dict(zip(averaged, (dist.sum(sums)[:-1] / sums[-1].clamp_min(1)).tolist()))
+    sums = dist.sum(sums)
+    metrics = dict(zip(averaged, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
     # One gather on every rank, whatever it holds (a rank's share of the split may be empty).
     every = dist.gather([{k: torch.cat(parts) for k, parts in scores.items()}])
     split = {k: torch.cat([part[k] for part in every if k in part]) for k in set().union(*every)}

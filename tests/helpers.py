@@ -27,10 +27,16 @@ def head_inputs(n, h, v, *, dtype=torch.float32, device="cpu", bias=True, ignore
 
 def flat_output(out) -> torch.Tensor:
     """A pretrainer's output, detached, as one float64 vector, so that two steps' outputs compare in one
-    assertion: every 0-dim field, and of each histogram the count per class (a compiled step's logits may differ
-    from eager's in the last bits, and a token then falls in the next bin)."""
-    return torch.cat([v.detach().double().reshape(1) if v.dim() == 0 else v.detach().double().sum(-1)
-                      for v in out])
+    assertion: every 0-dim field, and of each [classes, bins] histogram the counts per class below and above its
+    middle edge (a compiled step's logits may differ from eager's in the last bits, and a token then falls in the
+    next bin; not across 0)."""
+    def flat(v):
+        if v.dim() == 0:
+            return v.detach().double().reshape(1)
+        halves = v.detach().double().view(v.shape[0], 2, -1).sum(-1)
+        return halves.reshape(-1)
+
+    return torch.cat([flat(v) for v in out])
 
 
 def padded_batch(lengths, t: int, vocab: int, *, cls: int, sep: int, pad: int, seed: int = 0):

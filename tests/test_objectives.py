@@ -15,7 +15,7 @@ from electra_fast import ElectraPretrainer, MlmPretrainer, api, mask_token_slots
 from electra_fast.masking import MASKING_SPLITS
 from electra_fast.pretrainer import RTD_TOKENS
 from electra_fast.pretrainer import _mask_slots
-from helpers import TINY_FAMILIES, padded_batch, tiny_config
+from helpers import TINY_FAMILIES, fit_fixed_batch, padded_batch, tiny_config
 
 V, MASK, CLS, SEP, PAD = 150, 3, 1, 2, 0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,6 +160,27 @@ def test_mlm_pretrainer_refuses_a_discriminator():
         MlmPretrainer(electra.discriminator, mask_token_id=MASK, vocab_size=V)
 
 
+def _spy_on_the_head(monkeypatch):
+    """Records the inputs of each fused-head call and returns, for the last, the argmax of its float64 logits."""
+    seen = {}
+    head = api.generator_loss_and_sample
+
+    def spy(hidden, weight, bias, targets, **kwargs):
+        logits = hidden.detach().double() @ weight.detach().double().T
+        if bias is not None:
+            logits = logits + bias.detach().double()
+        seen.update(argmax=logits.argmax(-1), targets=targets)
+        return head(hidden, weight, bias, targets, **kwargs)
+
+    monkeypatch.setattr(api, "generator_loss_and_sample", spy)
+    return seen
+
+
+def _argmax_accuracy(seen):
+    valid = seen["targets"] != -100
+    return (seen["argmax"][valid] == seen["targets"][valid]).double().mean().item()
+
+
 @pytest.mark.parametrize("rtd_tokens", RTD_TOKENS)
 def test_the_discriminators_and_generators_metrics_are_those_of_the_tokens_the_loss_scores(monkeypatch, rtd_tokens):
     sklearn = pytest.importorskip("sklearn.metrics")
@@ -174,6 +195,7 @@ def test_the_discriminators_and_generators_metrics_are_those_of_the_tokens_the_l
         return rtd_loss(logits, is_replaced, weight)
 
     monkeypatch.setattr(api, "rtd_loss", spy)
+    head = _spy_on_the_head(monkeypatch)
     ids, mask = _batch(b=5, t=29)
     torch.manual_seed(8)
     out, scores = model(ids, mask, return_scores=True)
@@ -186,18 +208,34 @@ def test_the_discriminators_and_generators_metrics_are_those_of_the_tokens_the_l
              "disc_precision": sklearn.precision_score(y, s > 0, zero_division=float("nan")),
              "disc_accuracy": sklearn.accuracy_score(y, s > 0)}
     counted, exact = model.count_metrics({"disc_histogram": out.disc_histogram}), model.exact_metrics(scores)
+    assert set(counted) == {"disc_auc", "disc_precision", "disc_recall"}
     for name, value in truth.items():
         assert exact[name] == pytest.approx(value, abs=1e-12, nan_ok=True), name
-        assert counted[name] == pytest.approx(value, abs=0.005 if name == "disc_auc" else 1e-12, nan_ok=True), name
-    # The generator's: a sample equal to the original leaves the token real (SPEC §1), so the sampled accuracy is
-    # the share of masked slots left unreplaced.
+        if name in counted:
+            assert counted[name] == pytest.approx(value, abs=0.005 if name == "disc_auc" else 1e-12, nan_ok=True)
+    assert out.disc_accuracy.item() == pytest.approx(truth["disc_accuracy"], abs=1e-6)
+    # The generator's: the argmax of the head's logits, and the share of samples equal to the original, which
+    # leave the token real (SPEC §1): the masked slots left unreplaced.
     slots = _same_slots(model, ids, mask, 8)
     positions = slots.positions.view(-1)[slots.valid.view(-1)]
     sampled_accuracy = 1 - seen["is_replaced"][positions].double().mean().item()
     assert exact["sampled_accuracy"] == pytest.approx(sampled_accuracy, abs=1e-12)
     assert out.sampled_accuracy.item() == pytest.approx(sampled_accuracy, abs=1e-6)
-    assert exact["gen_accuracy"] == pytest.approx(out.gen_accuracy.item(), abs=1e-6)
+    assert exact["gen_accuracy"] == pytest.approx(_argmax_accuracy(head), abs=1e-12)
+    assert out.gen_accuracy.item() == pytest.approx(_argmax_accuracy(head), abs=1e-6)
     assert len(scores["gen_correct"]) == len(positions)
+
+
+def test_the_mlm_accuracy_is_the_argmax_of_the_heads_logits(monkeypatch):
+    model = _mlm()
+    ids, mask = _batch(b=6, t=31)
+    fit_fixed_batch(model, ids, mask, steps=40, lr=1e-2)  # until it gets some right: a share strictly in (0, 1)
+    head = _spy_on_the_head(monkeypatch)
+    torch.manual_seed(7)  # masks it was not fitted on
+    out, scores = model(ids, mask, return_scores=True)
+    assert 0 < _argmax_accuracy(head) < 1
+    assert model.exact_metrics(scores)["mlm_accuracy"] == pytest.approx(_argmax_accuracy(head), abs=1e-12)
+    assert out.mlm_accuracy.item() == pytest.approx(_argmax_accuracy(head), abs=1e-6)
 
 
 def test_electra_15_counts_rtd_only_at_the_masked_positions(monkeypatch):

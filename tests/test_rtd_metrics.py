@@ -29,7 +29,7 @@ def _histogram(logits, labels):
 
 
 CASES = [(20_000, 0.0, 1.0), (20_000, 0.3, 1.0), (20_000, 1.5, 1.0), (20_000, 5.0, 2.0), (5_001, 0.02, 0.05),
-         (7_777, 4.0, 12.0)]  # the last: a third of the logits beyond the histogram's range
+         (7_777, 8.0, 25.0)]  # the last: a fifth of the logits beyond the histogram's range
 
 
 @pytest.mark.parametrize("n, separation, spread", CASES)
@@ -47,7 +47,7 @@ def test_histogram_auc_is_within_0_005_of_sklearns_and_the_rest_exact(n, separat
     logits, labels = _scores(n, separation, spread, seed=n + 1)
     ours, truth = rtd_metrics.from_histogram(_histogram(logits, labels)), _sklearn(logits, labels)
     assert abs(ours["auc"] - truth["auc"]) <= 0.005
-    for name in ("precision", "recall", "accuracy"):
+    for name in ("precision", "recall"):
         assert ours[name] == pytest.approx(truth[name], abs=1e-12, nan_ok=True), name
 
 
@@ -58,7 +58,7 @@ def test_the_histogram_bins_are_half_open_intervals_and_zero_an_edge():
     chosen = torch.randint(0, rtd_metrics.BINS, (3000,), generator=g)
     inside = rtd_metrics.LOW + (chosen + 0.25 + 0.5 * torch.rand(3000, generator=g, dtype=torch.float64)) \
         * rtd_metrics.WIDTH
-    edges = torch.tensor([-1e-30, 0.0, 1e-30, 1e-7, -1e-7, rtd_metrics.WIDTH, -50.0, 50.0, 16.0, -16.0],
+    edges = torch.tensor([-1e-30, 0.0, 1e-30, 1e-7, -1e-7, rtd_metrics.WIDTH, -90.0, 90.0, 32.0, -32.0],
                          dtype=torch.float64)
     logits = torch.cat([inside, edges])
     labels = torch.rand(len(logits), generator=g) < 0.3
@@ -72,12 +72,26 @@ def test_the_histogram_bins_are_half_open_intervals_and_zero_an_edge():
     assert torch.equal(halves, histogram)  # counts add up over micro-batches and processes
     ignored = rtd_metrics.logit_histogram(logits.float(), labels, torch.arange(len(logits)) % 2)
     assert ignored.sum() == len(logits) // 2  # weight 0 is not counted
-    assert rtd_metrics.from_histogram(histogram)["accuracy"] == pytest.approx(
-        rtd_metrics.exact(logits, labels)["accuracy"], abs=1e-12)
+    for name in ("precision", "recall"):  # the edge cases land on the right side of 0
+        assert rtd_metrics.from_histogram(histogram)[name] == pytest.approx(
+            rtd_metrics.exact(logits, labels)[name], abs=1e-12)
 
 
 def test_a_missing_class_gives_nan_not_a_number_that_looks_real():
     logits, labels = _scores(100, 1.0, 1.0, seed=3, replaced_share=0.0)
+    assert (logits > 0).any() and not labels.any()
     for metrics in (rtd_metrics.exact(logits, labels), rtd_metrics.from_histogram(_histogram(logits, labels))):
         assert math.isnan(metrics["auc"]) and math.isnan(metrics["recall"])
-        assert metrics["accuracy"] == pytest.approx((logits <= 0).double().mean().item())
+        assert metrics["precision"] == 0.0  # every token predicted replaced is real
+    assert rtd_metrics.exact(logits, labels)["accuracy"] == pytest.approx((logits <= 0).double().mean().item())
+
+
+def test_nan_logits_are_left_out_of_the_histogram_and_make_the_exact_metrics_nan():
+    logits = torch.tensor([[float("nan"), 1.0, -1.0, float("inf"), -float("inf")]])
+    labels = torch.tensor([[True, True, False, True, False]])
+    weight = torch.tensor([[0, 1, 1, 1, 1]])
+    histogram = rtd_metrics.logit_histogram(logits, labels, weight)
+    assert histogram.sum() == 4 and histogram[1, -1] == 1 and histogram[0, 0] == 1  # inf in the end bins
+    assert rtd_metrics.from_histogram(rtd_metrics.logit_histogram(logits, labels, torch.ones_like(weight)))[
+        "auc"] == 1.0  # the NaN token, counted nowhere
+    assert all(math.isnan(v) for v in rtd_metrics.exact(logits, labels).values())

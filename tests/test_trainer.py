@@ -125,7 +125,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus, monkeypa
     a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
     assert [r["step"] for r in b] == list(range(1, 7))
     for key in ElectraPretrainer.metric_names() + ("lr",):
-        assert [r[key] for r in a] == [r[key] for r in b], key
+        assert json.dumps([r[key] for r in a]) == json.dumps([r[key] for r in b]), key  # NaN-safe
     from safetensors.torch import load_file
 
     weights = [load_file(os.path.join(checkpoint.latest(out), checkpoint.WEIGHTS)) for out in (tmp_path / "a", tmp_path / "b")]
@@ -310,6 +310,31 @@ def test_extending_a_run_recomputes_the_decay_and_says_so(tmp_path, trained, cor
     assert checkpoint.read_manifest(checkpoint.latest(out))["config"]["steps"] == 7
 
 
+def test_a_steps_discriminator_metrics_are_those_of_all_its_micro_batches_together(tmp_path, corpus, monkeypatch):
+    sklearn = pytest.importorskip("sklearn.metrics")
+    from electra_fast import api
+
+    seen = []
+    rtd_loss = api.rtd_loss
+
+    def spy(logits, is_replaced, weight):
+        seen.append((logits.detach().reshape(-1).double(), is_replaced.reshape(-1), weight.reshape(-1) != 0))
+        return rtd_loss(logits, is_replaced, weight)
+
+    monkeypatch.setattr(api, "rtd_loss", spy)
+    assert _run(tmp_path, corpus, "--steps", "1", "--grad-accum", "3", "--eval-every", "0") == 0
+    [record] = _log(tmp_path)
+    assert len(seen) == 3
+    logits = torch.cat([x[w] for x, _, w in seen]).numpy()
+    labels = torch.cat([y[w] for _, y, w in seen]).numpy()
+    assert abs(record["disc_auc"] - sklearn.roc_auc_score(labels, logits)) <= 0.005
+    assert record["disc_recall"] == pytest.approx(sklearn.recall_score(labels, logits > 0), abs=1e-12)
+    assert record["disc_precision"] == pytest.approx(
+        sklearn.precision_score(labels, logits > 0, zero_division=float("nan")), abs=1e-12, nan_ok=True)
+    per_batch = [((x[w] > 0) == y[w]).double().mean().item() for x, y, w in seen]
+    assert record["disc_accuracy"] == pytest.approx(sum(per_batch) / 3, abs=1e-6)
+
+
 def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path, corpus):
     assert _run(tmp_path / "a", corpus, "--steps", "4", "--valid-sequences", "5", "--eval-every", "2") == 0
     assert _run(tmp_path / "b", corpus, "--steps", "4", "--valid-sequences", "5", "--eval-every", "0") == 0
@@ -318,7 +343,7 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
         ElectraPretrainer.metric_names())], [], [f"valid_{m}" for m in sorted(ElectraPretrainer.metric_names())]]
     assert not any(k.startswith("valid_") for r in b for k in r)
     for key in ElectraPretrainer.metric_names():
-        assert [r[key] for r in a] == [r[key] for r in b]
+        assert json.dumps([r[key] for r in a]) == json.dumps([r[key] for r in b]), key  # NaN-safe
     assert a[1]["valid_mlm_loss"] != a[3]["valid_mlm_loss"]  # the model changed between the two validations
     assert _run(tmp_path / "c", corpus, "--steps", "2", "--valid-sequences", "5", "--eval-every", "2") == 0
     assert _log(tmp_path / "c")[1]["valid_mlm_loss"] == a[1]["valid_mlm_loss"]
@@ -418,7 +443,10 @@ def test_two_processes_through_torchrun(tmp_path, corpus):
     assert run.returncode == 0, run.stderr[-3000:]
     assert checkpoint.latest(tmp_path / "ddp").endswith("step-00000002")
     assert "step 2: loss" in run.stdout
-    assert [r["step"] for r in _log(tmp_path / "ddp")] == [1, 2]
+    log = _log(tmp_path / "ddp")
+    assert [r["step"] for r in log] == [1, 2]
+    # Counts summed over the processes; validation over both shares (one may be empty), on every rank.
+    assert all(0 <= log[-1][k] <= 1 for k in ("disc_auc", "disc_recall", "valid_disc_auc", "valid_disc_recall"))
 
 
 def test_mlm_objective_counts_its_own_flops_logs_its_metrics_and_resumes_only_as_mlm(tmp_path, corpus, capsys):
