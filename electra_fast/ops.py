@@ -160,8 +160,10 @@ def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, 
     hidden, weight, bias, targets, stats, *forward_grads = ctx.saved_tensors
     needed = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
     if all(done or not need for done, need in zip(ctx.in_forward, needed)):
-        # The forward computed them for a unit upstream gradient; the upstream gradient is a scalar.
-        grads = [g * grad_loss if need else None for g, need in zip(forward_grads, needed)]
+        # The forward computed them for a unit upstream gradient; the upstream gradient is a scalar. Scaled in
+        # place: a copy would hold a second [V, H]. A second backward through the same graph (retain_graph) then
+        # fails in autograd's own check of the saved tensors, rather than scaling them twice.
+        grads = [g.detach().mul_(grad_loss) if need else None for g, need in zip(forward_grads, needed)]
     else:
         dh, dw, db = generator_head_backward(grad_loss, hidden, weight, bias, targets, stats, ctx.ignore_index,
                                              ctx.reduction, ctx.backend)

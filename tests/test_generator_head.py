@@ -123,6 +123,23 @@ def test_head_is_once_differentiable(target):
         grad_hidden.sum().backward()
 
 
+def test_a_second_backward_through_the_head_is_refused_or_exact(target):
+    """retain_graph: where the forward computed the gradients, the backward scales them in place, so a second
+    backward must fail (autograd's check of saved tensors) rather than return them scaled twice."""
+    backend, device = target
+    hidden, weight, bias, targets = head_inputs(6, 8, 50, device=device)
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    loss, _, _ = electra_fast.generator_loss_and_sample(*leaves, targets)
+    first = torch.autograd.grad(3 * loss, leaves, retain_graph=True)
+    try:
+        second = torch.autograd.grad(3 * loss, leaves)
+    except RuntimeError as e:
+        assert backends.get(backend).GRADS_IN_FORWARD and "inplace operation" in str(e)
+    else:
+        assert not backends.get(backend).GRADS_IN_FORWARD
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.7])
 @pytest.mark.parametrize("disallow_correct", [False, True])
 def test_temperature_and_disallow_correct(target, temperature, disallow_correct):
