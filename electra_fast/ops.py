@@ -160,10 +160,13 @@ def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, 
     hidden, weight, bias, targets, stats, *forward_grads = ctx.saved_tensors
     needed = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
     if all(done or not need for done, need in zip(ctx.in_forward, needed)):
-        # The forward computed them for a unit upstream gradient; the upstream gradient is a scalar. Scaled in
-        # place: a copy would hold a second [V, H]. A second backward through the same graph (retain_graph) then
-        # fails in autograd's own check of the saved tensors, rather than scaling them twice.
-        grads = [g.detach().mul_(grad_loss) if need else None for g, need in zip(forward_grads, needed)]
+        # The forward computed them for a unit upstream gradient; the upstream gradient is a scalar. In eager
+        # they are scaled in place: a copy would hold a second [V, H]. A second backward through the same graph
+        # (retain_graph) then fails in autograd's own check of the saved tensors, rather than scaling them
+        # twice. Traced (fake or functional tensors: torch.compile, AOTAutograd) the graph records a product.
+        in_place = type(grad_loss) is torch.Tensor
+        grads = [(g.detach().mul_(grad_loss) if in_place else g * grad_loss) if need else None
+                 for g, need in zip(forward_grads, needed)]
     else:
         dh, dw, db = generator_head_backward(grad_loss, hidden, weight, bias, targets, stats, ctx.ignore_index,
                                              ctx.reduction, ctx.backend)
