@@ -179,8 +179,9 @@ def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_corr
 
 
 def _fold_with_grads(state, h, w, b, fold, reduction, grads):
-    """Folds every row into `state` in blocks of whole rows within the logits budget, and returns the wanted
-    gradients (d hidden, d weight, d bias; None for the others) for a unit upstream gradient."""
+    """Folds every row into `state` in blocks of BLOCK_ROWS whole rows (fewer where the logits budget is
+    smaller), and returns the wanted gradients (d hidden, d weight, d bias; None for the others) for a unit
+    upstream gradient."""
     targets, ignore_index = fold[0], fold[1]
     n, vocab = h.shape[0], w.shape[0]
     block = max(1, min(n, BLOCK_ROWS, settings.logits_budget() // (4 * vocab)))
