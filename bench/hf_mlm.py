@@ -1,6 +1,7 @@
 """Masked-language-model training steps of Hugging Face models at their real vocabulary sizes: the unpatched
-XxxForMaskedLM (HF eager: [B, T, V] logits), the masked rows gathered then plain cross-entropy, and the model
-patched by electra_fast.patch_masked_lm (the fused head at the labelled rows).
+XxxForMaskedLM (HF eager: [B, T, V] logits), the masked rows gathered then plain cross-entropy, the model
+patched by electra_fast.patch_masked_lm (the fused head at the labelled rows), and a floor without a head (the
+labels' own logits alone), whose memory every head's step holds too.
 
 Each family is a tiny encoder (hidden 256, 2 layers, 4 heads, feed-forward 1,024) with its released vocabulary:
 BERT 30,522, RoBERTa 50,265, XLM-R 250,002, DeBERTa-v3 128,100, ModernBERT 50,368. Labels are 15% of the
@@ -10,7 +11,9 @@ a warm-up, by the wall clock and by the process's CPU time (all threads; less di
 machine); the speed-up is the CPU time's against the gather baseline. Memory: a fresh process per variant runs
 one warm-up step, then one measured forward and backward; "extra" is the growth of its peak RSS over what it held
 before plus the parameters' gradients: what the step needs beyond the model, its gradients and the optimizer's
-state, which are the same for every variant (AdamW's own temporaries, the same too, come after the backward). HF eager is skipped, with the reason, where its logits alone would pass --eager-logits-gb.
+state, which are the same for every variant (AdamW's own temporaries, the same too, come after the backward).
+"head MB" is the extra above the floor's: the head's own. HF eager is skipped, with the reason, where its logits
+alone would pass --eager-logits-gb.
 
     python bench/hf_mlm.py                                  # every family, 8 x 128 and 16 x 512
     python bench/hf_mlm.py --families xlm-roberta --batches 8x128
@@ -40,7 +43,7 @@ FAMILIES = {"bert": ("bert", 30522, {}), "roberta": ("roberta", 50265, {}),
                                                       position_buckets=256, norm_rel_ebd="layer_norm",
                                                       share_att_key=True)),
             "modernbert": ("modernbert", 50368, {})}
-VARIANTS = ("hf-eager", "gather", "patched")
+VARIANTS = ("hf-eager", "gather", "patched", "floor")
 PAD, MASK_RATE = 1, 0.15
 
 
@@ -62,15 +65,33 @@ def batch(vocab: int, b: int, t: int):
     return ids, torch.ones_like(ids), labels
 
 
-def gather_loss(model, ids, mask, labels):
-    """What a user writes without electra-fast: the encoder, the masked rows, the family's head on those rows
-    (their [n, V] logits), plain cross-entropy."""
+def labelled_rows(model, ids, mask, labels):
+    """The encoder, then the family's MLM transform at the labelled rows: (rows [n, E], targets [n], weight
+    [V, E], bias [V] or None), as a user gathers them."""
     hidden = model.base_model(input_ids=ids, attention_mask=mask)[0]
     keep = labels.view(-1) != -100
     transform = hf_mlm.mlm_head(model)[0]
     weight, bias = hf_mlm.output_weights(model)
-    logits = F.linear(transform(hidden.reshape(-1, hidden.shape[-1])[keep]), weight, bias)
-    return F.cross_entropy(logits, labels.view(-1)[keep])
+    return transform(hidden.reshape(-1, hidden.shape[-1])[keep]), labels.view(-1)[keep], weight, bias
+
+
+def gather_loss(model, ids, mask, labels):
+    """What a user writes without electra-fast: the family's head on the labelled rows (their [n, V] logits),
+    plain cross-entropy."""
+    rows, targets, weight, bias = labelled_rows(model, ids, mask, labels)
+    return F.cross_entropy(F.linear(rows, weight, bias), targets)
+
+
+def floor_loss(model, ids, mask, labels):
+    """No head: minus the labels' own logits, [n] products in place of [n, V]. What is left is what any head's
+    step holds as well: the encoder's activations, and the output weight's dense gradient beside the tied
+    embedding's before autograd sums the two."""
+    rows, targets, weight, bias = labelled_rows(model, ids, mask, labels)
+    logit = (rows * weight[targets]).sum(-1)
+    return -(logit if bias is None else logit + bias[targets]).mean()
+
+
+LOSSES = {"gather": gather_loss, "floor": floor_loss}
 
 
 def step_of(variant: str, model, ids, mask, labels):
@@ -81,8 +102,8 @@ def step_of(variant: str, model, ids, mask, labels):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def forward_backward():
-        if variant == "gather":
-            loss = gather_loss(model, ids, mask, labels)
+        if variant in LOSSES:
+            loss = LOSSES[variant](model, ids, mask, labels)
         else:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -165,20 +186,26 @@ def main() -> None:
     env = environment(torch.device("cpu"))
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     print(f"tiny encoders (hidden 256, 2 layers), float32, AdamW; {MASK_RATE:.0%} of tokens labelled; median of "
-          f"{args.repeats} interleaved rounds after {args.warmup} warm-up; speed-up and memory against the gather")
+          f"{args.repeats} interleaved rounds after {args.warmup} warm-up; speed-up and memory against the gather; "
+          f"head MB: extra MB above the floor's")
     print(f"\n{'batch':<7} {'family':<12} {'V':>7} {'variant':<9} {'ms':>8} {'cpu ms':>8} {'extra MB':>9} "
-          f"{'speed-up':>9} {'memory':>7}")
+          f"{'speed-up':>9} {'memory':>7} {'head MB':>8} {'head memory':>11}")
     for row in rows:
-        base = next(r for r in rows if r["batch"] == row["batch"] and r["family"] == row["family"]
-                    and r["variant"] == "gather")
+        alike = {r["variant"]: r for r in rows if r["batch"] == row["batch"] and r["family"] == row["family"]}
+        base, floor = alike["gather"], alike["floor"]
         head = f"{row['batch']:<7} {row['family']:<12} {row['vocab']:>7} {row['variant']:<9}"
         if "skipped" in row:
             print(f"{head} skipped: {row['skipped']}")
             continue
-        memory = f"{row['extra_mb'] / base['extra_mb']:.2f}x" if row["extra_mb"] and base["extra_mb"] else "-"
+        measured = all(r.get("extra_mb") is not None for r in (row, base, floor))
+        if measured:
+            own, base_own = row["extra_mb"] - floor["extra_mb"], base["extra_mb"] - floor["extra_mb"]
+            memory = f"{row['extra_mb'] / base['extra_mb']:>6.2f}x {own:>8.0f} {own / base_own:>10.2f}x"
+        else:
+            memory = f"{'-':>7} {'-':>8} {'-':>11}"
         extra = f"{row['extra_mb']:>9.0f}" if row["extra_mb"] is not None else f"{'failed':>9}"
         print(f"{head} {row['ms']:>8.0f} {row['cpu_ms']:>8.0f} {extra} {base['cpu_ms'] / row['cpu_ms']:>8.2f}x "
-              f"{memory:>7}")
+              f"{memory}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rows": rows}, f, indent=2)

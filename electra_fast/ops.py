@@ -153,10 +153,15 @@ def _head_setup_context(ctx, inputs, output):
     ctx.in_forward = _forward_grads(backend, hidden, weight, bias, reduction, tuple(wanted))
     ctx.ignore_index, ctx.reduction, ctx.has_bias = ignore_index, reduction, bias is not None
     ctx.save_for_backward(hidden, weight, bias, targets, output[3], *output[4:])
+    # Outputs nobody differentiates get None, not zeros: materialised, the unused gradient of the d weight output
+    # alone would be a zero [V, H] allocated and written at every backward.
+    ctx.set_materialize_grads(False)
 
 
 @once_differentiable
 def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, *_grad_grads):
+    if grad_loss is None:  # the loss is not in the graph; the other outputs carry no gradient to the inputs
+        return (None,) * 13
     hidden, weight, bias, targets, stats, *forward_grads = ctx.saved_tensors
     needed = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
     if all(done or not need for done, need in zip(ctx.in_forward, needed)):
@@ -171,7 +176,7 @@ def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, 
         dh, dw, db = generator_head_backward(grad_loss, hidden, weight, bias, targets, stats, ctx.ignore_index,
                                              ctx.reduction, ctx.backend)
         grads = [dh, dw, db if ctx.has_bias else None]
-    return (*grads, None, None, None, None, None, None, None, None, None, None)
+    return (*grads, *(None,) * 10)
 
 
 generator_loss_and_sample.register_autograd(_head_backward, setup_context=_head_setup_context)

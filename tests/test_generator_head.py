@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import electra_fast
 from electra_fast import backends, reference
@@ -138,6 +140,42 @@ def test_a_second_backward_through_the_head_is_refused_or_exact(target):
     else:
         assert not backends.get(backend).GRADS_IN_FORWARD
         assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+class _CreatedTensors(TorchDispatchMode):
+    """Records (op, shape) of every tensor an op returns that shares no storage with the op's inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.created = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self.created += [(func, tuple(t.shape)) for t in tree_leaves(out)
+                         if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs]
+        return out
+
+
+def _weight_sized_tensors_of_the_backward(hidden, weight, bias, targets, reduction):
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    loss, _, _ = electra_fast.generator_loss_and_sample(*leaves, targets, reduction=reduction)
+    with _CreatedTensors() as spy:
+        (3 * loss).sum().backward()
+    truth = _truth(hidden, weight, bias, targets, reduction)[1]
+    assert all(rel_err(leaf.grad.cpu(), 3 * g) < 1e-5 for leaf, g in zip(leaves, truth))
+    return [func for func, shape in spy.created if shape == tuple(weight.shape)]
+
+
+def test_a_backward_after_forward_gradients_creates_no_weight_sized_tensor(target):
+    """Where the forward computed the gradients the backward only scales them, in place: no [V, H] tensor may be
+    made (autograd used to materialise a zero gradient for the unused d weight output, a second [V, H]). With
+    reduction "none" the backward recomputes, and the spy must see the d weight it writes."""
+    backend, device = target
+    hidden, weight, bias, targets = head_inputs(6, 8, 50, device=device)
+    assert _weight_sized_tensors_of_the_backward(hidden, weight, bias, targets, "none")
+    in_backward = _weight_sized_tensors_of_the_backward(hidden, weight, bias, targets, "mean")
+    assert bool(in_backward) != backends.get(backend).GRADS_IN_FORWARD
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.7])
