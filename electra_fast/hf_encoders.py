@@ -1,5 +1,6 @@
 """Replaced-token-detection pretraining for Hugging Face encoders: BERT, RoBERTa / XLM-R, DeBERTa-v2/v3, ModernBERT
-and ELECTRA, as generator and as discriminator, built from configs, family names or local model folders.
+and ELECTRA, as generator and as discriminator, built from configs, family names or local model folders; and the
+masked LMs of those and DistilBERT (MLM_FAMILIES) for `pretrain --objective mlm`.
 
 - The generator is the family's `XxxForMaskedLM`. Its encoder runs on the whole sequence; the masked rows are
   gathered, the family's own MLM transform applied to them alone, and the fused head
@@ -26,10 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hf_mlm import mlm_head
+from .hf_mlm import MASKED_LM_FAMILIES, mlm_head
 from .models import EncoderConfig
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")  # for RTD, and for MLM
+MLM_FAMILIES = MASKED_LM_FAMILIES  # for MLM alone: also DistilBERT, which has no RTD discriminator here
+# Config fields that a family names otherwise (DistilBERT maps hidden_size and the others itself, not this one).
+_FIELD_NAMES = {"distilbert": {"intermediate_size": "hidden_dim"}}
 EMBEDDING_SHARING = ("es", "gdes", "none")
 GENERATOR_SIZING = ("electra", "debertav3")
 RTD_HEAD = "rtd_head.safetensors"
@@ -45,10 +49,11 @@ def _transformers():
     return transformers
 
 
-def check_family(config) -> str:
-    """config.model_type, or a ValueError naming FAMILIES (those electra-fast pretrains)."""
-    if config.model_type not in FAMILIES:
-        raise ValueError(f"model_type must be one of {FAMILIES}, got {config.model_type!r}")
+def check_family(config, families: tuple = FAMILIES) -> str:
+    """config.model_type, or a ValueError naming `families` (by default FAMILIES, those electra-fast pretrains
+    by RTD)."""
+    if config.model_type not in families:
+        raise ValueError(f"model_type must be one of {families}, got {config.model_type!r}")
     return config.model_type
 
 
@@ -139,7 +144,7 @@ def position_kwargs(config, mask: torch.Tensor) -> dict:
     """{"position_ids": [B, T]} for RoBERTa and XLM-R, numbered from the attention mask as they number them from
     `ids != pad` (pad_token_id + 1 onwards, padding at pad_token_id): a generator that samples the pad id into
     a sequence must not shift the positions of the tokens after it. {} for the other families."""
-    if check_family(config) not in ("roberta", "xlm-roberta"):
+    if check_family(config, MLM_FAMILIES) not in ("roberta", "xlm-roberta"):
         return {}
     attended = mask.long()
     return {"position_ids": attended.cumsum(1) * attended + config.pad_token_id}
@@ -201,10 +206,12 @@ class FamilyAdapter:
 # ----------------------------------------------------------------------------------------- configs and building
 
 def family_config(family: str, **fields):
-    """A transformers config of `family` (one of FAMILIES) with `fields` (vocab_size, hidden_size,
+    """A transformers config of `family` (one of MLM_FAMILIES) with `fields` (vocab_size, hidden_size,
     num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings, pad_token_id, ...)."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family not in MLM_FAMILIES:
+        raise ValueError(f"family must be one of {MLM_FAMILIES}, got {family!r}")
+    renamed = _FIELD_NAMES.get(family, {})
+    fields = {renamed.get(name, name): value for name, value in fields.items()}
     transformers = _transformers()
     defaults = transformers.CONFIG_MAPPING[family]()
     vocab_size = fields.get("vocab_size", defaults.vocab_size)
@@ -254,25 +261,32 @@ def _has_weights(folder: str) -> bool:
                 "pytorch_model.bin.index.json"))
 
 
-def _config(spec, argument: str, fields: dict):
-    """A config from a family name (with `fields`), a config object, or a local folder's config.json."""
+def _config(spec, argument: str, fields: dict, families: tuple = FAMILIES):
+    """A config from a family name of `families` (with `fields`), a config object, or a local folder's
+    config.json; its family checked to be one of `families`."""
     transformers = _transformers()
     if isinstance(spec, transformers.PretrainedConfig):
-        return spec
-    if isinstance(spec, str) and spec in FAMILIES:
-        return family_config(spec, **fields)
-    if isinstance(spec, str) and os.path.isfile(os.path.join(spec, "config.json")):
-        return transformers.AutoConfig.from_pretrained(spec)
-    raise ValueError(f"{argument} must be a family ({', '.join(FAMILIES)}), a transformers config or a folder "
-                     f"holding config.json, got {spec!r}")
+        config = spec
+    elif isinstance(spec, str) and spec in families:
+        config = family_config(spec, **fields)
+    elif isinstance(spec, str) and os.path.isfile(os.path.join(spec, "config.json")):
+        config = transformers.AutoConfig.from_pretrained(spec)
+    elif isinstance(spec, str) and spec in MLM_FAMILIES:
+        raise ValueError(f"{argument} {spec!r}: a family electra-fast pretrains by MLM only (one of "
+                         f"{', '.join(families)} for RTD)")
+    else:
+        raise ValueError(f"{argument} must be a family ({', '.join(families)}), a transformers config or a folder "
+                         f"holding config.json, got {spec!r}")
+    check_family(config, families)
+    return config
 
 
-def build_generator(spec, *, argument: str = "generator", fields: dict | None = None):
-    """The family's XxxForMaskedLM: from a folder's weights when it has them, else freshly initialised."""
+def build_generator(spec, *, argument: str = "generator", fields: dict | None = None, families: tuple = FAMILIES):
+    """The family's XxxForMaskedLM (a family of `families`: FAMILIES for an RTD generator, MLM_FAMILIES for
+    MLM): from a folder's weights when it has them, else freshly initialised."""
     transformers = _transformers()
-    config = _config(spec, argument, fields or {})
-    check_family(config)
-    if isinstance(spec, str) and spec not in FAMILIES and _has_weights(spec):
+    config = _config(spec, argument, fields or {}, families)
+    if isinstance(spec, str) and spec not in families and _has_weights(spec):
         return transformers.AutoModelForMaskedLM.from_pretrained(spec)
     return transformers.AutoModelForMaskedLM.from_config(config)
 
@@ -282,7 +296,7 @@ def build_discriminator(spec, *, argument: str = "discriminator", fields: dict |
     when it has them (an RTD head saved beside them too), else freshly initialised."""
     transformers = _transformers()
     config = _config(spec, argument, fields or {})
-    family = check_family(config)
+    family = config.model_type
     folder = spec if isinstance(spec, str) and spec not in FAMILIES and _has_weights(spec) else None
     if family == "electra":
         cls = transformers.ElectraForPreTraining
@@ -336,9 +350,10 @@ def encoder_config(config) -> EncoderConfig:
     """An EncoderConfig of a transformers config, for electra_fast.flops: the count is an approximation for
     families that are not BERT-shaped (it ignores DeBERTa's relative-position attention, ModernBERT's gated
     feed-forward and local attention, and counts the generator's MLM transform at the embedding width)."""
+    feed_forward = _FIELD_NAMES.get(config.model_type, {}).get("intermediate_size", "intermediate_size")
     return EncoderConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
                          num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
-                         intermediate_size=config.intermediate_size,
+                         intermediate_size=getattr(config, feed_forward),
                          embedding_size=getattr(config, "embedding_size", None) or config.hidden_size,
                          max_position_embeddings=config.max_position_embeddings)
 
@@ -374,8 +389,9 @@ def save_discriminator(generator, discriminator, directory: str) -> None:
 def add_arguments(p) -> None:
     """`electra-fast pretrain`'s choice of Hugging Face models."""
     p.add_argument("--discriminator", metavar="FAMILY|DIR", default=None,
-                   help=f"a Hugging Face discriminator: a family ({', '.join(FAMILIES)}; sized by --hidden-size, "
-                        "--num-layers, ... and the preset) or a config/model folder; default: the built-in ELECTRA")
+                   help=f"a Hugging Face discriminator: a family ({', '.join(FAMILIES)}; with --objective mlm "
+                        "also distilbert; sized by --hidden-size, --num-layers, ... and the preset) or a config/model "
+                        "folder; default: the built-in ELECTRA")
     p.add_argument("--generator", metavar="FAMILY|DIR", default=None,
                    help="the generator, likewise (with --discriminator); default: derived by --generator-sizing")
     p.add_argument("--generator-sizing", choices=GENERATOR_SIZING, default=None,
@@ -429,7 +445,7 @@ def masked_lm_from_arguments(args, *, vocab_size: int, pad_token_id: int):
     fields = positions_for(args.discriminator, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
                                                 **_config_fields(args)})
     try:
-        model = build_generator(args.discriminator, argument="discriminator", fields=fields)
+        model = build_generator(args.discriminator, argument="discriminator", fields=fields, families=MLM_FAMILIES)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
     except ValueError as e:

@@ -418,7 +418,7 @@ class MlmPretrainer(Pretrainer):
     the data are ElectraPretrainer's; there is no generator and no RTD. `model` is the built-in encoder
     (electra_fast.models.Generator of the discriminator's size: dense -> GELU -> LayerNorm -> the tied token
     embedding + bias), saved as a Hugging Face ELECTRA masked LM, or a Hugging Face `XxxForMaskedLM` of a family
-    in hf_encoders.FAMILIES, whose own MLM transform runs at the masked rows (electra_fast.hf_mlm, the head that
+    in hf_encoders.MLM_FAMILIES, whose own MLM transform runs at the masked rows (electra_fast.hf_mlm, the head that
     `patch_masked_lm` puts in the model's forward), saved in its family's format. `forward(input_ids,
     attention_mask=None) -> MlmOutput`; `electra-fast finetune` takes what `save_pretrained` writes."""
 
@@ -433,7 +433,6 @@ class MlmPretrainer(Pretrainer):
             if not hasattr(getattr(model, "config", None), "model_type"):
                 raise TypeError(f"model must be an electra_fast.models.Generator or a Hugging Face masked LM, got "
                                 f"{type(model).__name__}")
-            hf_encoders.check_family(model.config)
             hf_mlm.check_masked_lm(model)
             if model.config.vocab_size < vocab_size:
                 raise ValueError(f"model: its vocab_size {model.config.vocab_size} is below the tokenizer's "
@@ -464,7 +463,8 @@ class MlmPretrainer(Pretrainer):
         pretrainer_args = {k: overrides.pop(k) for k in list(overrides) if k in _MLM_ARGS}
         fields = hf_encoders.positions_for(model, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
                                                    **overrides})
-        return cls(hf_encoders.build_generator(model, argument="model", fields=fields), mask_token_id=mask_token_id,
+        return cls(hf_encoders.build_generator(model, argument="model", fields=fields,
+                                               families=hf_encoders.MLM_FAMILIES), mask_token_id=mask_token_id,
                    vocab_size=vocab_size, pad_token_id=pad_token_id, special_token_ids=special_token_ids,
                    **pretrainer_args)
 
