@@ -187,8 +187,11 @@ def _fold_with_grads(state, h, w, b, fold, reduction, grads):
     block = max(1, min(n, BLOCK_ROWS, settings.logits_budget() // (4 * vocab)))
     scale = row_scale(torch.ones(()), targets, ignore_index, reduction).contiguous()
     dh = torch.empty_like(h) if grads[0] else None
-    dw = torch.zeros_like(w) if grads[1] else None
-    db = torch.zeros_like(b) if grads[2] else None
+    # The first block writes d weight and d bias, the others add to them: no [V, H] zeroed, then read, for nothing
+    # (without rows, no block writes them).
+    fresh = torch.empty_like if n else torch.zeros_like
+    dw = fresh(w) if grads[1] else None
+    db = fresh(b) if grads[2] else None
     buffer = torch.empty(block * vocab)
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
@@ -199,9 +202,12 @@ def _fold_with_grads(state, h, w, b, fold, reduction, grads):
         if dh is not None:
             torch.mm(g, w, out=dh[r0:r1])
         if dw is not None:
-            dw.addmm_(g.T, rows)
+            dw.addmm_(g.T, rows, beta=0 if r0 == 0 else 1)
         if db is not None:
-            db += g.sum(dim=0)
+            if r0 == 0:
+                torch.sum(g, dim=0, out=db)
+            else:
+                db += g.sum(dim=0)
     return dh, dw, db
 
 
