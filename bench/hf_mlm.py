@@ -198,7 +198,7 @@ def main() -> None:
             print(f"{head} skipped: {row['skipped']}")
             continue
         measured = all(r.get("extra_mb") is not None for r in (row, base, floor))
-        if measured:
+        if measured and base["extra_mb"] > 0 and base["extra_mb"] > floor["extra_mb"]:
             own, base_own = row["extra_mb"] - floor["extra_mb"], base["extra_mb"] - floor["extra_mb"]
             memory = f"{row['extra_mb'] / base['extra_mb']:>6.2f}x {own:>8.0f} {own / base_own:>10.2f}x"
         else:

@@ -272,8 +272,8 @@ def _config(spec, argument: str, fields: dict, families: tuple = FAMILIES):
     elif isinstance(spec, str) and os.path.isfile(os.path.join(spec, "config.json")):
         config = transformers.AutoConfig.from_pretrained(spec)
     elif isinstance(spec, str) and spec in MLM_FAMILIES:
-        raise ValueError(f"{argument} {spec!r}: a family electra-fast pretrains by MLM only (one of "
-                         f"{', '.join(families)} for RTD)")
+        raise ValueError(f"{spec} has no RTD {argument} here: pretrain it with --objective mlm, or choose one of "
+                         f"{', '.join(families)}")
     else:
         raise ValueError(f"{argument} must be a family ({', '.join(families)}), a transformers config or a folder "
                          f"holding config.json, got {spec!r}")

@@ -160,8 +160,9 @@ def _head_setup_context(ctx, inputs, output):
 
 @once_differentiable
 def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, *_grad_grads):
-    if grad_loss is None:  # the loss is not in the graph; the other outputs carry no gradient to the inputs
-        return (None,) * 13
+    inputs = 13  # of generator_loss_and_sample
+    if grad_loss is None:  # no gradient reached the loss; the other outputs carry none to the inputs
+        return (None,) * inputs
     hidden, weight, bias, targets, stats, *forward_grads = ctx.saved_tensors
     needed = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
     if all(done or not need for done, need in zip(ctx.in_forward, needed)):
@@ -176,7 +177,7 @@ def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, 
         dh, dw, db = generator_head_backward(grad_loss, hidden, weight, bias, targets, stats, ctx.ignore_index,
                                              ctx.reduction, ctx.backend)
         grads = [dh, dw, db if ctx.has_bias else None]
-    return (*grads, *(None,) * 10)
+    return (*grads, *(None,) * (inputs - len(grads)))
 
 
 generator_loss_and_sample.register_autograd(_head_backward, setup_context=_head_setup_context)

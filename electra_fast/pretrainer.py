@@ -420,7 +420,8 @@ class MlmPretrainer(Pretrainer):
     embedding + bias), saved as a Hugging Face ELECTRA masked LM, or a Hugging Face `XxxForMaskedLM` of a family
     in hf_encoders.MLM_FAMILIES, whose own MLM transform runs at the masked rows (electra_fast.hf_mlm, the head that
     `patch_masked_lm` puts in the model's forward), saved in its family's format. `forward(input_ids,
-    attention_mask=None) -> MlmOutput`; `electra-fast finetune` takes what `save_pretrained` writes."""
+    attention_mask=None) -> MlmOutput`; `electra-fast finetune` takes what `save_pretrained` writes (DistilBERT's
+    excepted)."""
 
     Output = MlmOutput
     export_name = "encoder"

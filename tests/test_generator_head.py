@@ -167,7 +167,7 @@ def _weight_sized_tensors_of_the_backward(hidden, weight, bias, targets, reducti
     return [func for func, shape in spy.created if shape == tuple(weight.shape)]
 
 
-def test_a_backward_after_forward_gradients_creates_no_weight_sized_tensor(target):
+def test_a_backward_after_forward_gradients_creates_no_weight_sized_tensor_and_a_recomputing_one_does(target):
     """Where the forward computed the gradients the backward only scales them, in place: no [V, H] tensor may be
     made (autograd used to materialise a zero gradient for the unused d weight output, a second [V, H]). With
     reduction "none" the backward recomputes, and the spy must see the d weight it writes."""
@@ -246,7 +246,7 @@ def test_seed_tensor_equals_int_seed(target):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_all_rows_ignored_and_empty(target, reduction):
+def test_all_rows_ignored_and_empty(target, reduction, poisoned):
     _, device = target
     for n in (0, 5):
         hidden, weight, bias, targets = head_inputs(n, 16, 40, device=device)
