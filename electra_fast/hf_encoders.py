@@ -1,6 +1,6 @@
 """Replaced-token-detection pretraining for Hugging Face encoders: BERT, RoBERTa / XLM-R, DeBERTa-v2/v3, ModernBERT
 and ELECTRA, as generator and as discriminator, built from configs, family names or local model folders; and the
-masked LMs of those and DistilBERT (MLM_FAMILIES) for `pretrain --objective mlm`.
+masked LMs of those and DistilBERT (MASKED_LM_FAMILIES) for `pretrain --objective mlm`.
 
 - The generator is the family's `XxxForMaskedLM`. Its encoder runs on the whole sequence; the masked rows are
   gathered, the family's own MLM transform applied to them alone, and the fused head
@@ -30,10 +30,14 @@ from torch import nn
 from .hf_mlm import MASKED_LM_FAMILIES, mlm_head
 from .models import EncoderConfig
 
-FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")  # for RTD, and for MLM
-MLM_FAMILIES = MASKED_LM_FAMILIES  # for MLM alone: also DistilBERT, which has no RTD discriminator here
+# For RTD, and for MLM; MASKED_LM_FAMILIES adds DistilBERT, which has no RTD discriminator here (MLM only).
+FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")
 # Config fields that a family names otherwise (DistilBERT maps hidden_size and the others itself, not this one).
 _FIELD_NAMES = {"distilbert": {"intermediate_size": "hidden_dim"}}
+
+
+def _field_name(family: str, name: str) -> str:
+    return _FIELD_NAMES.get(family, {}).get(name, name)
 EMBEDDING_SHARING = ("es", "gdes", "none")
 GENERATOR_SIZING = ("electra", "debertav3")
 RTD_HEAD = "rtd_head.safetensors"
@@ -144,7 +148,7 @@ def position_kwargs(config, mask: torch.Tensor) -> dict:
     """{"position_ids": [B, T]} for RoBERTa and XLM-R, numbered from the attention mask as they number them from
     `ids != pad` (pad_token_id + 1 onwards, padding at pad_token_id): a generator that samples the pad id into
     a sequence must not shift the positions of the tokens after it. {} for the other families."""
-    if check_family(config, MLM_FAMILIES) not in ("roberta", "xlm-roberta"):
+    if check_family(config, MASKED_LM_FAMILIES) not in ("roberta", "xlm-roberta"):
         return {}
     attended = mask.long()
     return {"position_ids": attended.cumsum(1) * attended + config.pad_token_id}
@@ -206,12 +210,11 @@ class FamilyAdapter:
 # ----------------------------------------------------------------------------------------- configs and building
 
 def family_config(family: str, **fields):
-    """A transformers config of `family` (one of MLM_FAMILIES) with `fields` (vocab_size, hidden_size,
+    """A transformers config of `family` (one of MASKED_LM_FAMILIES) with `fields` (vocab_size, hidden_size,
     num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings, pad_token_id, ...)."""
-    if family not in MLM_FAMILIES:
-        raise ValueError(f"family must be one of {MLM_FAMILIES}, got {family!r}")
-    renamed = _FIELD_NAMES.get(family, {})
-    fields = {renamed.get(name, name): value for name, value in fields.items()}
+    if family not in MASKED_LM_FAMILIES:
+        raise ValueError(f"family must be one of {MASKED_LM_FAMILIES}, got {family!r}")
+    fields = {_field_name(family, name): value for name, value in fields.items()}
     transformers = _transformers()
     defaults = transformers.CONFIG_MAPPING[family]()
     vocab_size = fields.get("vocab_size", defaults.vocab_size)
@@ -271,7 +274,7 @@ def _config(spec, argument: str, fields: dict, families: tuple = FAMILIES):
         config = family_config(spec, **fields)
     elif isinstance(spec, str) and os.path.isfile(os.path.join(spec, "config.json")):
         config = transformers.AutoConfig.from_pretrained(spec)
-    elif isinstance(spec, str) and spec in MLM_FAMILIES:
+    elif isinstance(spec, str) and spec in MASKED_LM_FAMILIES:
         raise ValueError(f"{spec} has no RTD {argument} here: pretrain it with --objective mlm, or choose one of "
                          f"{', '.join(families)}")
     else:
@@ -282,7 +285,7 @@ def _config(spec, argument: str, fields: dict, families: tuple = FAMILIES):
 
 
 def build_generator(spec, *, argument: str = "generator", fields: dict | None = None, families: tuple = FAMILIES):
-    """The family's XxxForMaskedLM (a family of `families`: FAMILIES for an RTD generator, MLM_FAMILIES for
+    """The family's XxxForMaskedLM (a family of `families`: FAMILIES for an RTD generator, MASKED_LM_FAMILIES for
     MLM): from a folder's weights when it has them, else freshly initialised."""
     transformers = _transformers()
     config = _config(spec, argument, fields or {}, families)
@@ -350,10 +353,9 @@ def encoder_config(config) -> EncoderConfig:
     """An EncoderConfig of a transformers config, for electra_fast.flops: the count is an approximation for
     families that are not BERT-shaped (it ignores DeBERTa's relative-position attention, ModernBERT's gated
     feed-forward and local attention, and counts the generator's MLM transform at the embedding width)."""
-    feed_forward = _FIELD_NAMES.get(config.model_type, {}).get("intermediate_size", "intermediate_size")
     return EncoderConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
                          num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
-                         intermediate_size=getattr(config, feed_forward),
+                         intermediate_size=getattr(config, _field_name(config.model_type, "intermediate_size")),
                          embedding_size=getattr(config, "embedding_size", None) or config.hidden_size,
                          max_position_embeddings=config.max_position_embeddings)
 
@@ -445,7 +447,8 @@ def masked_lm_from_arguments(args, *, vocab_size: int, pad_token_id: int):
     fields = positions_for(args.discriminator, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
                                                 **_config_fields(args)})
     try:
-        model = build_generator(args.discriminator, argument="discriminator", fields=fields, families=MLM_FAMILIES)
+        model = build_generator(args.discriminator, argument="discriminator", fields=fields,
+                                families=MASKED_LM_FAMILIES)
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
     except ValueError as e:

@@ -418,8 +418,8 @@ class MlmPretrainer(Pretrainer):
     the data are ElectraPretrainer's; there is no generator and no RTD. `model` is the built-in encoder
     (electra_fast.models.Generator of the discriminator's size: dense -> GELU -> LayerNorm -> the tied token
     embedding + bias), saved as a Hugging Face ELECTRA masked LM, or a Hugging Face `XxxForMaskedLM` of a family
-    in hf_encoders.MLM_FAMILIES, whose own MLM transform runs at the masked rows (electra_fast.hf_mlm, the head that
-    `patch_masked_lm` puts in the model's forward), saved in its family's format. `forward(input_ids,
+    in hf_mlm.MASKED_LM_FAMILIES, whose own MLM transform runs at the masked rows (electra_fast.hf_mlm, the head
+    that `patch_masked_lm` puts in the model's forward), saved in its family's format. `forward(input_ids,
     attention_mask=None) -> MlmOutput`; `electra-fast finetune` takes what `save_pretrained` writes (DistilBERT's
     excepted)."""
 
@@ -465,7 +465,7 @@ class MlmPretrainer(Pretrainer):
         fields = hf_encoders.positions_for(model, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
                                                    **overrides})
         return cls(hf_encoders.build_generator(model, argument="model", fields=fields,
-                                               families=hf_encoders.MLM_FAMILIES), mask_token_id=mask_token_id,
+                                               families=hf_mlm.MASKED_LM_FAMILIES), mask_token_id=mask_token_id,
                    vocab_size=vocab_size, pad_token_id=pad_token_id, special_token_ids=special_token_ids,
                    **pretrainer_args)
 

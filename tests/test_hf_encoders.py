@@ -13,7 +13,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 import electra_fast  # noqa: E402
-from electra_fast import ElectraPretrainer, api, hf_encoders  # noqa: E402
+from electra_fast import ElectraPretrainer, api, hf_encoders, hf_mlm  # noqa: E402
 from electra_fast.masking import IGNORE_INDEX  # noqa: E402
 from helpers import TINY_FAMILIES, TINY_SIZES, fit_fixed_batch, interrupted_at_step, padded_batch, tiny_config  # noqa: E402
 
@@ -365,7 +365,7 @@ def test_mlm_objective_pretrains_a_hugging_face_family_and_exports_its_masked_lm
                      "--steps", "6") == 2
 
 
-@pytest.mark.parametrize("family", [f for f in hf_encoders.MLM_FAMILIES if f != "roberta"])  # roberta: above
+@pytest.mark.parametrize("family", [f for f in hf_mlm.MASKED_LM_FAMILIES if f != "roberta"])  # roberta: above
 def test_mlm_objective_pretrains_and_exports_every_masked_lm_family(tmp_path, roberta_corpus, family):
     """Each family at the size flags (DistilBERT names the feed-forward width hidden_dim), 4 steps, exported in
     its own format: AutoModelForMaskedLM loads the trained weights."""
