@@ -105,6 +105,16 @@ def fused_mlm_loss(model, rows: torch.Tensor, targets: torch.Tensor, *, vocab_si
                                          ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
+def check_labels(labels: torch.Tensor, tokens: torch.Size) -> None:
+    """A ValueError naming both shapes unless `labels` hold one label per scored token: the tokens' shape [B, T]
+    or anything of B * T elements whose first dimension is B (flat [B * T] included, as the unpatched heads take
+    it). A reshape alone would accept [2, 10] labels for [4, 5] tokens and score the wrong ones."""
+    count = tokens.numel()
+    if labels.numel() != count or (labels.dim() > 1 and labels.shape[0] != tokens[0]):
+        raise ValueError(f"labels must have one label per token, shape {tuple(tokens)} (or flat [{count}]), got "
+                         f"shape {tuple(labels.shape)}")
+
+
 def _masked_lm_output():
     from transformers.modeling_outputs import MaskedLMOutput
 
@@ -138,7 +148,7 @@ def _fused_forward(original):
     fused_output = output_class()  # resolved here, not while torch.compile traces the forward
 
     @functools.wraps(original)
-    def forward(self, *args, skip_logits: bool | None = None, return_samples: bool = False, **kwargs):
+    def forward(self, *args, skip_logits: bool | None = None, return_samples: bool = False, seed=None, **kwargs):
         call = {**dict(zip(names, args)), **kwargs}
         labels = call.get("labels")
         if skip_logits is None:
@@ -153,13 +163,13 @@ def _fused_forward(original):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.base_model(**call, return_dict=True)
         hidden = outputs[0]
+        check_labels(labels, hidden.shape[:-1])
         flat_labels = labels.reshape(-1).to(hidden.device)
         # A data-dependent row count: torch.compile(fullgraph=True) traces it as an unbacked size.
         positions = (flat_labels != IGNORE_INDEX).nonzero().view(-1)
         rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-        # A fixed seed unless samples are asked for: the default generator then advances as the unpatched
-        # forward advances it (dropout draws the same masks).
-        seed = api.resolve_seed(None, hidden.device) if return_samples else 0
+        if seed is None and not return_samples:
+            seed = 0  # no sample wanted: nothing drawn, so dropout draws the masks the unpatched forward draws
         loss, sampled, predicted = fused_mlm_loss(
             self, rows, flat_labels.index_select(0, positions), vocab_size=getattr(self, "_electra_fast_vocab", None),
             seed=seed, reduction="mean" if num_items is None else "sum")
@@ -191,8 +201,9 @@ def patch_masked_lm(model_or_family, *, vocab_size: int | None = None):
       included (as Liger-Kernel's apply_liger_kernel_to_* do).
 
     The patched forward takes, beyond the original's arguments, `skip_logits` (default: True with labels in
-    training, or with return_samples; True without labels is an error) and `return_samples` (default False: True
-    draws the sampling seed from torch's default generator and returns the samples). With return_dict=False the
+    training, or with return_samples; True without labels is an error), `return_samples` (default False: True
+    returns the samples) and `seed` (as for `generator_loss_and_sample`: an int, a 0-dim int64 tensor, or None,
+    which with return_samples draws one on the device from torch's default generator). With return_dict=False the
     tuple is the output's non-None fields in order: (loss, [hidden_states], [attentions], positions, predicted
     [, sampled]), no logits. A batch without labelled tokens gives loss 0 (the unpatched head gives NaN).
     Patching twice is a no-op; `unpatch_masked_lm` restores the original forward. Under nn.DataParallel (which

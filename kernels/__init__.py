@@ -1,0 +1,21 @@
+"""electra_fast.kernels: the Triton kernels (setup.py ships this folder under that name).
+
+In a source checkout the folder sits at the top level, so a Python started in the checkout's root (`python -m
+electra_fast`, `python -c`, a notebook) would find it as a top-level `kernels` and shadow Hugging Face's package
+of that name, which transformers imports to build any model. Imported under that name, this file steps aside: it
+loads the `kernels` that the rest of sys.path holds, or fails as Python fails where there is none.
+"""
+if __name__ == "kernels":
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    _checkout = os.path.realpath(os.path.dirname(os.path.dirname(__file__)))
+    _elsewhere = [p for p in sys.path if os.path.realpath(p or os.curdir) != _checkout]
+    _spec = importlib.machinery.PathFinder.find_spec(__name__, _elsewhere)
+    if _spec is None:
+        raise ModuleNotFoundError(f"No module named {__name__!r}", name=__name__)
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules[__name__] = _module  # what `import kernels` returns, and what its submodules' imports find
+    _spec.loader.exec_module(_module)

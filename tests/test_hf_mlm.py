@@ -5,6 +5,7 @@ num_items_in_batch divides the summed loss, so that Trainer's gradient accumulat
 gradient; the patched model compiles as one graph; its samples follow softmax(logits); padded ids are never
 predicted; unpatching restores the original forward."""
 import copy
+import re
 
 import pytest
 import torch
@@ -126,6 +127,27 @@ def test_skip_logits_without_labels_is_refused():
         model(input_ids=ids, attention_mask=mask, skip_logits=True)
 
 
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_labels_of_another_shape_than_the_tokens_are_refused_as_unpatched_forwards_refuse_them(name):
+    reference = _model(name, dtype=torch.float32)
+    model = electra_fast.patch_masked_lm(copy.deepcopy(reference))
+    ids = torch.randint(5, V, (2, 10), generator=torch.Generator().manual_seed(0))
+    labels = torch.where(torch.rand(2, 10, generator=torch.Generator().manual_seed(1)) < 0.5, ids, -100)
+    for wrong in (labels[:, :5], labels[:1]):  # fewer labels than tokens; another batch
+        with pytest.raises((RuntimeError, ValueError)):
+            reference(input_ids=ids, labels=wrong)
+        with pytest.raises(ValueError, match=re.escape(f"(2, 10) (or flat [20]), got shape {tuple(wrong.shape)}")):
+            model(input_ids=ids, labels=wrong)
+    # As many labels as tokens but another batch: the unpatched heads flatten both, the patched one refuses.
+    with pytest.raises(ValueError, match=r"got shape \(4, 5\)"):
+        model(input_ids=ids, labels=labels.reshape(4, 5))
+    # Flat labels mean what [B, T] labels mean, patched and unpatched.
+    flat = labels.reshape(-1)
+    want = reference(input_ids=ids, labels=labels).loss
+    torch.testing.assert_close(reference(input_ids=ids, labels=flat).loss, want)
+    torch.testing.assert_close(model(input_ids=ids, labels=flat).loss, want, rtol=1e-5, atol=0)
+
+
 def test_num_items_in_batch_divides_the_summed_loss():
     reference = _model("electra")
     model = electra_fast.patch_masked_lm(copy.deepcopy(reference))
@@ -234,6 +256,27 @@ def test_samples_follow_the_softmax_of_the_logits():
     state = torch.get_rng_state()
     out = model(input_ids=ids, attention_mask=mask, labels=labels)
     assert out.sampled is None and torch.equal(torch.get_rng_state(), state)
+
+
+def test_the_patched_forward_takes_its_seed_as_the_api_does():
+    model = electra_fast.patch_masked_lm(_model("bert", torch.float32, seed=4)).eval()
+    ids, mask, labels = _batch()
+    rows = (labels.view(-1) != -100).sum()
+
+    def samples(**seed):
+        return model(input_ids=ids, attention_mask=mask, labels=labels, return_samples=True, **seed).sampled
+
+    torch.manual_seed(1)
+    int_seed, tensor_seed = samples(seed=2**40 + 9), samples(seed=torch.tensor(2**40 + 9))
+    torch.manual_seed(2)
+    assert torch.equal(samples(seed=2**40 + 9), int_seed) and torch.equal(tensor_seed, int_seed)
+    assert not torch.equal(samples(seed=2**40 + 10), int_seed)
+    torch.manual_seed(3)
+    drawn = samples()
+    torch.manual_seed(3)
+    assert torch.equal(samples(), drawn) and drawn.shape == (rows,)
+    with pytest.raises(ValueError, match="seed"):
+        samples(seed=-1)
 
 
 def test_padded_vocabulary_ids_are_never_predicted_nor_sampled():
