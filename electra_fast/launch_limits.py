@@ -73,26 +73,31 @@ def specialise(kernel, args: tuple, kwargs: dict) -> Launch:
 
 
 class _Capture:
-    def __init__(self, kernel, launches):
-        self.kernel, self.launches = kernel, launches
+    def __init__(self, kernel, record):
+        self.kernel, self.record = kernel, record
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.launches.append(specialise(self.kernel, args, kwargs))
+        return lambda *args, **kwargs: self.record(self.kernel, grid, args, kwargs)
 
 
 @contextlib.contextmanager
-def capturing(modules):
-    """Within the block, the @triton.jit kernels of `modules` record their launches instead of running."""
+def capturing(modules, record=None):
+    """Within the block, the @triton.jit kernels of `modules` record their launches instead of running: the block
+    gets a list of their `Launch`es, or, with `record`, each launch is handed to record(kernel, grid, args,
+    kwargs) instead (the performance model keeps the grid and the arguments too)."""
     import triton
 
     launches, saved = [], []
+    if record is None:
+        def record(kernel, grid, args, kwargs):
+            launches.append(specialise(kernel, args, kwargs))
     for module in modules:
         for name, obj in vars(module).items():
             if isinstance(obj, triton.runtime.jit.JITFunction):
                 saved.append((module, name, obj))
     try:
         for module, name, obj in saved:
-            setattr(module, name, _Capture(obj, launches))
+            setattr(module, name, _Capture(obj, record))
         yield launches
     finally:
         for module, name, obj in saved:
@@ -158,15 +163,26 @@ def representatives(launches) -> list[Launch]:
     return [max(group, key=weight) for group in groups.values()]
 
 
+_COMPILED = {}  # (id of the kernel, launch key, arch) -> (kernel, compiled): one compile per launch and process
+
+
+def compile_launch(launch: Launch, arch: int):
+    """The Triton CompiledKernel of `launch` for sm_<arch> (no GPU needed), compiled once per process."""
+    key = (id(launch.kernel), launch.key(), arch)
+    if key not in _COMPILED:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        source = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
+        _COMPILED[key] = (launch.kernel, compiled)  # the kernel held, so that its id is not reused
+    return _COMPILED[key][1]
+
+
 def shared_memory(launch: Launch, arch: int) -> int:
     """Bytes of shared memory per block the compiled kernel asks for on sm_<arch>."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    source = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=dict(launch.options))
-    return compiled.metadata.shared
+    return compile_launch(launch, arch).metadata.shared
 
 
 def check(launches, archs=tuple(SHARED_MEMORY_LIMITS)) -> list[tuple[str, int, int | None, int, str]]:
