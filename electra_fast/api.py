@@ -90,10 +90,11 @@ def _ignore_index(ignore_index) -> int:
     return ignore_index
 
 
-def resolve_seed(seed, device: Optional[torch.device] = None) -> Tensor:
-    """SPEC §2 "Seeds": an int in [0, 2^63), a 0-dim int64 tensor, or None (one draw from torch's default
-    generator, kept as a tensor so that no host sync happens and torch.compile can trace it; on `device` when
-    given, e.g. a CUDA seed that a captured CUDA graph draws anew on each replay)."""
+def resolve_seed(seed, device: torch.device) -> Tensor:
+    """SPEC §2 "Seeds" as a 0-dim int64 tensor on `device`, the inputs' device: an int in [0, 2^63) is filled in
+    there (no host-to-device copy, which a CUDA graph cannot capture), None draws on `device` from torch's default
+    generator for it (no host sync; torch.compile traces it; a captured CUDA graph draws anew on each replay), and
+    a 0-dim int64 tensor is taken as it is (the backend moves it where it runs)."""
     if seed is None:
         return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
     if isinstance(seed, Tensor):
@@ -104,7 +105,7 @@ def resolve_seed(seed, device: Optional[torch.device] = None) -> Tensor:
         raise ValueError(f"seed must be an int in [0, 2**63), a 0-dim int64 tensor or None, got {seed!r}")
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return torch.tensor(seed, dtype=torch.int64)
+    return torch.full((), seed, dtype=torch.int64, device=device)
 
 
 def _vocab_checks(vocab: int, disallow_correct: bool, name: str) -> None:
@@ -143,9 +144,9 @@ def generator_loss_and_sample(hidden: Tensor, weight: Tensor, bias: Optional[Ten
     _vocab_checks(vocab, disallow_correct, "weight")
     hidden, weight, bias = _autocast(hidden, weight, bias)
     loss, sampled, predicted, *_ = torch.ops.electra_fast.generator_loss_and_sample(
-        hidden, weight, bias, targets, resolve_seed(seed), _temperature(temperature), bool(disallow_correct),
-        _ignore_index(ignore_index), _reduction(reduction), backend, _wants_grad(hidden), _wants_grad(weight),
-        _wants_grad(bias))
+        hidden, weight, bias, targets, resolve_seed(seed, hidden.device), _temperature(temperature),
+        bool(disallow_correct), _ignore_index(ignore_index), _reduction(reduction), backend, _wants_grad(hidden),
+        _wants_grad(weight), _wants_grad(bias))
     return loss, sampled, predicted
 
 
@@ -167,7 +168,7 @@ def sample_logits(logits: Tensor, targets: Optional[Tensor] = None, *, temperatu
     backend = _same_device(logits=logits, targets=targets)
     _vocab_checks(vocab, disallow_correct, "logits")
     loss, sampled, predicted, _ = torch.ops.electra_fast.sample_logits(
-        logits, targets, resolve_seed(seed), _temperature(temperature), bool(disallow_correct),
+        logits, targets, resolve_seed(seed, logits.device), _temperature(temperature), bool(disallow_correct),
         _ignore_index(ignore_index), _reduction(reduction), backend)
     return (loss if targets is not None else None), sampled, predicted
 

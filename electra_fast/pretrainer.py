@@ -303,7 +303,7 @@ class ElectraPretrainer(Pretrainer):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.generator_objective == "mle"):
             mlm_loss, sampled, predicted = api.generator_loss_and_sample(
                 rows, weight, bias, targets, temperature=self.temperature, disallow_correct=self.disallow_correct,
-                seed=api.resolve_seed(None, input_ids.device), ignore_index=IGNORE_INDEX)
+                ignore_index=IGNORE_INDEX)
 
         noised = input_ids.clone()
         is_replaced = api.replace_(noised, positions, sampled, valid)
@@ -354,11 +354,9 @@ class ElectraPretrainer(Pretrainer):
 
     def _adversarial_objective(self, rows, weight, bias, sampled, positions, valid, disc_logits):
         """REINFORCE: mean over the valid slots of (reward - baseline) * -log p(sampled); reward = P(real)."""
-        # Its samples are discarded; the seed is drawn on the rows' device all the same, so that a captured CUDA
-        # graph holds no host-to-device copy.
+        # Its samples are discarded; the seed is drawn all the same (on the rows' device: no host-to-device copy).
         neg_log_p, _, _ = api.generator_loss_and_sample(rows, weight, bias, torch.where(valid, sampled, IGNORE_INDEX),
-                                                        ignore_index=IGNORE_INDEX, reduction="none",
-                                                        seed=api.resolve_seed(None, rows.device))
+                                                        ignore_index=IGNORE_INDEX, reduction="none")
         n_valid = valid.sum().clamp_min(1)
         with torch.no_grad():
             reward = torch.sigmoid(-disc_logits.reshape(-1)[positions.clamp_min(0)].float())

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import electra_fast
-from electra_fast import backends, reference
+from electra_fast import api, backends, reference
 from conftest import interpreted
 from helpers import assert_samples_match, head_inputs, rel_err
 
@@ -243,6 +243,69 @@ def test_seed_tensor_equals_int_seed(target):
     a = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=2**40 + 3)[1]
     b = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=torch.tensor(2**40 + 3))[1]
     assert torch.equal(a, b)
+
+
+def test_seeds_are_made_on_the_inputs_device():
+    # An int seed is filled in on the device and None is drawn there: a host-to-device copy inside a step cannot be
+    # captured in a CUDA graph (torch.compile's "reduce-overhead" skips the graph instead).
+    meta = torch.device("meta")
+    assert api.resolve_seed(7, meta).device == meta and api.resolve_seed(None, meta).device == meta
+    assert int(api.resolve_seed(2**63 - 1, torch.device("cpu"))) == 2**63 - 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a GPU")
+@pytest.mark.parametrize("seed", [2**40 + 7, None])
+def test_the_head_is_captured_in_a_cuda_graph_with_an_int_seed_or_none(seed):
+    hidden, weight, bias, targets = head_inputs(300, 64, 2500, device="cuda", ignored_every=5)
+    weight.requires_grad_()
+
+    def step():
+        loss, sampled, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=seed)
+        return torch.autograd.grad(loss, weight)[0], sampled
+
+    electra_fast.set_value_checks(False)  # a value check is a host sync, refused in a capture
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            eager = step()  # warm-up: Triton compiles, cuBLAS makes its handles
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        graph.replay()
+        first = [t.clone() for t in captured]
+        graph.replay()
+    finally:
+        electra_fast.set_value_checks(True)
+    if seed is not None:  # the same function of the inputs as eager, on every replay
+        torch.testing.assert_close(first[0], eager[0])
+        assert torch.equal(first[1], eager[1]) and torch.equal(captured[1], eager[1])
+    else:  # each replay draws a new seed on the device
+        assert not torch.equal(captured[1], first[1])
+
+
+@pytest.mark.gpu
+def test_triton_launches_run_under_the_inputs_device_guard():
+    pytest.importorskip("triton")
+    from electra_fast.backends import triton_backend
+
+    guard = triton_backend.device_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_the_head_on_the_second_gpu_while_the_first_is_current():
+    hidden, weight, bias, targets = head_inputs(37, 24, 1031, device="cuda:1", ignored_every=5, scale=3.0)
+    with torch.cuda.device(0):
+        loss, sampled, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=3)
+    t_loss, _, t_sampled, _ = _truth(hidden, weight, bias, targets, "mean", seed=3)
+    assert loss.device == sampled.device == torch.device("cuda", 1)
+    assert rel_err(loss.cpu(), t_loss) < 1e-5
+    logits = reference.head_logits(hidden.cpu().double(), weight.cpu().double(), bias.cpu().double())
+    assert_samples_match(sampled, t_sampled, logits, seed=3)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -3,6 +3,9 @@ This module adapts dtypes and layouts and reduces per-row results; the kernels (
 cuBLAS, for the head's matrix products) do the work."""
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 from .. import settings
@@ -12,6 +15,22 @@ from ..tensor_checks import KERNEL_FLOATS
 
 GRADS_IN_FORWARD = True  # the head's forward writes the gradient tiles while each logits chunk is at hand
 _INTERPRET = settings.TRITON_INTERPRET
+
+
+def device_guard(device: torch.device):
+    """The CUDA device guard of `device` (nothing for a CPU one, under the interpreter): a Triton launch goes to the
+    current CUDA device, which need not be the inputs' (tensors on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _on_inputs_device(fn):
+    """`fn` run under the device guard of its first argument, a tensor on the device of all its inputs."""
+    @functools.wraps(fn)
+    def guarded(first, *args, **kwargs):
+        with device_guard(first.device):
+            return fn(first, *args, **kwargs)
+
+    return guarded
 
 
 def _head_dtype(*tensors) -> torch.dtype:
@@ -47,6 +66,7 @@ def _unit_row_scale(targets, ignore_index, reduction):
     return row_scale(one, targets, ignore_index, reduction).contiguous()
 
 
+@_on_inputs_device
 def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction,
                  grads):
     h, w, b, t = _head_inputs(hidden, weight, bias, targets)
@@ -58,6 +78,7 @@ def head_forward(hidden, weight, bias, targets, seed, temperature, disallow_corr
     return loss, sampled, predicted, stats, dh, dw, db
 
 
+@_on_inputs_device
 def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction):
     h, w, b, t = _head_inputs(hidden, weight, bias, targets)
     scale = row_scale(grad_loss.to(torch.float32), t, ignore_index, reduction).contiguous()
@@ -65,6 +86,7 @@ def head_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index,
                                         interpret=_INTERPRET)
 
 
+@_on_inputs_device
 def logits_forward(logits, targets, seed, temperature, disallow_correct, ignore_index, reduction):
     z = _kernel_dtype(logits)
     has_targets = targets is not None
@@ -82,6 +104,7 @@ def logits_forward(logits, targets, seed, temperature, disallow_correct, ignore_
     return loss, sampled, predicted, stats
 
 
+@_on_inputs_device
 def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     z = _kernel_dtype(logits)
     targets = targets.contiguous()
@@ -89,12 +112,14 @@ def logits_backward(grad_loss, logits, targets, stats, ignore_index, reduction):
     return sample_logits.softmax_grad(z, None, targets, stats, scale, interpret=_INTERPRET)
 
 
+@_on_inputs_device
 def replace(input_ids, positions, sampled, valid):
     valid = None if valid is None else valid.contiguous()
     return replace_kernel.replace(input_ids, positions.contiguous(), sampled.contiguous(), valid,
                                   interpret=_INTERPRET)
 
 
+@_on_inputs_device
 def rtd_forward(logits, is_replaced, attention_mask, reduction):
     x = _kernel_dtype(logits)
     weights = None if attention_mask is None else attention_mask.contiguous()
