@@ -8,11 +8,21 @@ every `--eval-every` steps (electra_fast.data). Training: AdamW (no weight decay
 warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, the whole step
 compiled as one graph (on CUDA also captured as CUDA graphs). Each step re-seeds torch from (base seed, step,
 data-parallel rank) (SPEC §2 Seeds): ranks never share noise, and a resumed run draws what the uninterrupted one
-drew. Checkpoints (electra_fast.checkpoint) are safetensors + a weights-only state file behind an atomic `latest` pointer. Output folder:
+drew. Checkpoints (electra_fast.checkpoint) are safetensors + a weights-only state file behind an atomic `latest`
+pointer.
+
+Logging: the steps between two log lines never wait for the device (on a GPU each wait leaves it idle while Python
+catches up). Each step's losses, accuracies, gradient norm and counts (the discriminator's logit histogram) are
+summed on the device; a line, written every `--log-every` steps (default 10 on a GPU, 1 on a CPU) and at every
+checkpoint, validation and the last step, reads the sums: each metric averaged over the steps since the previous
+line (AUC, precision and recall from the counts summed over those steps), and the tokens per second of their
+training (the previous line's validation and checkpoint not counted). The progress bar and the TensorBoard scalars
+show the same values. A resumed run starts at a checkpoint, where a line was written, so its log is the
+uninterrupted run's. Output folder:
 
     OUT/data/                 the prepared corpus and its tokenizer (with --corpus)
     OUT/checkpoints/step-N/   checkpoints; OUT/latest names the newest complete one
-    OUT/log.jsonl             one line of metrics per step; OUT/loss.png the curve (with matplotlib)
+    OUT/log.jsonl             one line of metrics every --log-every steps; OUT/loss.png the curve (with matplotlib)
     OUT/discriminator/        the discriminator in Hugging Face ELECTRA format, with the tokenizer (with
                               --discriminator: its family's format, the RTD head and the generator beside it)
 
@@ -40,10 +50,13 @@ from .data import DataError
 from .models import PRESETS
 from .masking import MASKING_SPLITS
 from .pretrainer import ElectraPretrainer, MlmPretrainer, Pretrainer
-from .settings import set_value_checks
+from .settings import set_value_checks, value_checks
 
 # The default model is ELECTRA-Small cut to 2 layers, so that the default 200 steps finish in minutes on a CPU.
 DEFAULT_LAYERS = 2
+# --log-every's default on a GPU, where a log line waits for the device; on a CPU reading a metric waits for
+# nothing (its operations ran when they were called), and the default stays a line per step.
+GPU_LOG_EVERY = 10
 _PROGRESS_NAMES = {"loss": "loss", "mlm_loss": "mlm", "rtd_loss": "rtd", "gen_accuracy": "gen_acc",
                    "disc_accuracy": "disc_acc", "disc_auc": "disc_auc", "mlm_accuracy": "mlm_acc"}
 EXIT_BAD_INPUT = 2
@@ -95,6 +108,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="electra-pretrain", help="folder for data, checkpoints, log, export")
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=2, help="checkpoints kept")
+    p.add_argument("--log-every", type=int, default=None, metavar="N",
+                   help=f"steps between log lines (log.jsonl, the progress bar, TensorBoard), each the average over "
+                        f"the steps since the previous one; also at every checkpoint, validation and the last step "
+                        f"(default: {GPU_LOG_EVERY} on a GPU, where the steps between lines run without waiting for "
+                        f"it; 1 on a CPU)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
     p.add_argument("--device", default=None, help="default: cuda:(LOCAL_RANK mod GPUs) if a GPU is present, else cpu")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -112,8 +130,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Raises DataError naming the first numeric flag outside its range."""
     prepare.check_arguments(args)
-    at_least_one = ("steps", "batch_size", "grad_accum", "save_every", "keep", "seq_len", "max_positions",
-                    "num_layers", "hidden_size", "num_heads", "intermediate_size", "embedding_size")
+    at_least_one = ("steps", "batch_size", "grad_accum", "save_every", "keep", "log_every", "seq_len",
+                    "max_positions", "num_layers", "hidden_size", "num_heads", "intermediate_size", "embedding_size")
     checks = [(name, getattr(args, name) is None or getattr(args, name) >= 1, "at least 1") for name in at_least_one]
     checks += [("lr", math.isfinite(args.lr) and args.lr > 0, "a finite number > 0"),
                ("weight_decay", math.isfinite(args.weight_decay) and args.weight_decay >= 0, "a finite number >= 0"),
@@ -254,7 +272,6 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
 
     torch.manual_seed(args.seed)
     model = _build_model(args, tokenizer.get_vocab_size(), specials).to(device)
-    averaged = model.averaged_fields()
     step_flops = args.batch_size * args.grad_accum * dist.world * model.sequence_flops(args.seq_len)
     if args.max_flops is not None:
         args.steps = int(args.max_flops // step_flops)
@@ -303,6 +320,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                       f"now decays to 0 at step {args.steps}", file=sys.stderr)
     elif args.resume and rank == 0:
         print(f"--resume: no checkpoint in {args.out}; starting from step 0", file=sys.stderr)
+    checking = value_checks()  # restored at the end: the steps turn the checks off on a GPU
     step_model = _step_model(model, compile=args.compile, cuda_graphs=args.cuda_graphs)
     wrapped = (torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index]
                                                          if device.type == "cuda" else None)
@@ -312,8 +330,11 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
     log = _Log(os.path.join(args.out, "log.jsonl"), keep_until=start, tensorboard=args.tensorboard) \
         if rank == 0 else None
     eval_every = args.save_every if args.eval_every is None else args.eval_every
+    log_every = args.log_every if args.log_every is not None else GPU_LOG_EVERY if device.type == "cuda" else 1
 
-    began, tokens_seen, metrics, valid = time.perf_counter(), 0.0, None, {}
+    window = _Window(model, args.grad_accum, dist)
+    began = window_began = time.perf_counter()
+    metrics, valid, run_tokens = None, {}, 0.0
     step = start
     try:
         with tqdm(range(start, args.steps), initial=start, total=args.steps, disable=rank != 0,
@@ -328,18 +349,23 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 consumed += args.grad_accum * args.batch_size
+                window.add(totals, counts, grad_norm)
 
-                totals = dist.mean(totals)
-                tokens_seen += totals[-1].item() * dist.world
-                metrics = dict(zip(averaged, (totals[:-1] / args.grad_accum).tolist()))
-                metrics.update(model.count_metrics({k: dist.sum(v) for k, v in counts.items()}))
-                tokens_per_s = tokens_seen / (time.perf_counter() - began)
                 done = step + 1
-                evaluated = windows.valid and eval_every and (done % eval_every == 0 or done == args.steps)
+                saved = done % args.save_every == 0 or done == args.steps
+                evaluated = bool(windows.valid and eval_every and (done % eval_every == 0 or done == args.steps))
+                # A line at every checkpoint too: a resumed run starts with nothing summed, as the run it continues.
+                logged = done % log_every == 0 or saved or evaluated
+                if logged:
+                    metrics, mean_grad_norm, window_tokens = window.read()  # the host waits for the device here
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / (now - window_began)
+                    run_tokens += window_tokens
+                    run_tokens_per_s = run_tokens / (now - began)  # the whole run's, for the last line printed
                 if evaluated:
                     valid = _evaluate(model, windows, args.batch_size, bf16, specials["[PAD]"], dist)
-                if log is not None:
-                    log.write({"step": done, "lr": lr, "grad_norm": grad_norm.item(), **metrics,
+                if logged and log is not None:
+                    log.write({"step": done, "lr": lr, "grad_norm": mean_grad_norm, **metrics,
                                "tokens_per_s": tokens_per_s,
                                "tokens": done * args.grad_accum * args.batch_size * dist.world * args.seq_len,
                                "flops": step_flops,
@@ -349,19 +375,28 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
                     if rank == 0 and (done - 1) * step_flops < milestone <= done * step_flops:
                         _export(os.path.join(args.out, "exports", f"flops-{milestone:g}"), model, tokenizer,
                                 step=done, flops=done * step_flops)
-                bar.set_postfix({**{short: f"{metrics[name]:.3f}" for name, short in _PROGRESS_NAMES.items()
-                                    if name in metrics}, "tok_s": f"{tokens_per_s:.0f}",
-                                 **{f"valid_{short}": f"{valid[name]:.3f}" for name, short in _PROGRESS_NAMES.items()
-                                    if name.endswith("_loss") and name in valid}})
-                if done % args.save_every == 0 or done == args.steps:
+                if logged:
+                    bar.set_postfix({**{short: f"{metrics[name]:.3f}" for name, short in _PROGRESS_NAMES.items()
+                                        if name in metrics}, "tok_s": f"{tokens_per_s:.0f}",
+                                     **{f"valid_{short}": f"{valid[name]:.3f}"
+                                        for name, short in _PROGRESS_NAMES.items()
+                                        if name.endswith("_loss") and name in valid}})
+                if saved:
                     _raise_if_corrupt(tokens, dist)  # no checkpoint of steps that read a corrupt shard
                     _save(args.out, done, model, optimizer, scheduler, consumed, config, args.keep, dist)
+                if logged:  # the next window's speed: its training alone, not this line's validation or checkpoint
+                    window_began = time.perf_counter()
+                if step == start and device.type == "cuda":
+                    # The first step's ops checked the ids and positions; the later steps' come from the same data
+                    # and masking, and on a GPU each check is a wait for the device.
+                    set_value_checks(False)
     except KeyboardInterrupt:
         if rank == 0:
             print(f"interrupted at step {step}; the latest checkpoint is {checkpoint.latest(args.out)} "
                   "(continue with --resume)", file=sys.stderr)
         return 130
     finally:
+        set_value_checks(checking)
         stream.close()
         if log is not None:
             log.close()
@@ -372,7 +407,7 @@ def _pretrain(args: argparse.Namespace, dist: _Distributed) -> int:
         if metrics is not None:
             print(f"step {args.steps}: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                   + "".join(f" valid_{k} {v:.4f}" for k, v in valid.items())
-                  + f" | {tokens_per_s:.0f} tokens/s | {model.export_name}: {export}")
+                  + f" | {run_tokens_per_s:.0f} tokens/s | {model.export_name}: {export}")
     return 0
 
 
@@ -486,7 +521,9 @@ def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: 
     the tokens seen; and the outputs named in `counted`, each summed over the micro-batches."""
     totals, counts = 0, {}
     for micro in range(grad_accum):
-        batch = next(stream).to(dist.device)
+        # Not blocking: a blocking copy to a GPU would wait for the work queued before it (pageable memory is staged
+        # at once, so the host tensor may go right after).
+        batch = next(stream).to(dist.device, non_blocking=True)
         last = micro == grad_accum - 1
         with contextlib.nullcontext() if last or dist.world == 1 else wrapped.no_sync():
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -498,6 +535,48 @@ def _accumulate_gradients(wrapped, stream, grad_accum: int, bf16: bool, pad_id: 
         for k in counted:
             counts[k] = counts.get(k, 0) + fields[k]
     return totals, counts
+
+
+class _Window:
+    """The steps since the last log line, summed on the device, so that they never wait for it: the model's 0-dim
+    outputs and the non-padding tokens (float64: a long window adds many float32 values), the gradient norm, and
+    the COUNTS fields (int64). `read` waits for the device once for the sums (and the model's count_metrics may
+    read its counts) and starts the next window. Every process must `read` at the same steps (the processes' sums
+    are reduced there)."""
+
+    def __init__(self, model: Pretrainer, grad_accum: int, dist: _Distributed):
+        self.model, self.grad_accum, self.dist = model, grad_accum, dist
+        self.averaged = model.averaged_fields()
+        self._start()
+
+    def _start(self) -> None:
+        self.steps = 0
+        self.sums = torch.zeros(len(self.averaged) + 1, dtype=torch.float64, device=self.dist.device)
+        self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
+        self.counts: dict[str, torch.Tensor] = {}
+
+    def add(self, totals: torch.Tensor, counts: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
+        """One optimizer step, no host sync: totals float32 [averaged fields + 1] and counts {field: int64 tensor}
+        as _accumulate_gradients returns them (summed over the step's micro-batches), grad_norm 0-dim (the same on
+        every process: the gradients are all-reduced)."""
+        self.sums += totals
+        self.grad_norm_sum += grad_norm
+        for name, count in counts.items():
+            self.counts[name] = self.counts[name] + count if name in self.counts else count.clone()
+        self.steps += 1
+
+    def read(self) -> tuple[dict[str, float], float, float]:
+        """(metrics, grad_norm, tokens) of the window, then a new one: each averaged field's mean over the window's
+        micro-batches and the processes, the count metrics of the counts summed over its steps and processes, the
+        mean gradient norm, and the non-padding tokens of every process."""
+        sums = self.dist.mean(self.sums)
+        *fields, tokens, grad_norm_sum = torch.cat([sums, self.grad_norm_sum.reshape(1)]).tolist()
+        micro_batches = self.grad_accum * self.steps
+        metrics = {name: total / micro_batches for name, total in zip(self.averaged, fields)}
+        metrics.update(self.model.count_metrics({k: self.dist.sum(v) for k, v in self.counts.items()}))
+        read = metrics, grad_norm_sum / self.steps, tokens * self.dist.world
+        self._start()
+        return read
 
 
 def _build_model(args, vocab_size: int, specials: dict) -> Pretrainer:
@@ -560,7 +639,7 @@ def _save(out, step, model, optimizer, scheduler, consumed, config, keep, dist: 
 
 
 class _Log:
-    """OUT/log.jsonl, one JSON object per step; a resumed run drops the lines after its checkpoint's step. With
+    """OUT/log.jsonl, one JSON object per logged step; a resumed run drops the lines after its checkpoint's step. With
     `tensorboard`, every numeric field also goes to TensorBoard event files in OUT/tensorboard (train/NAME, and
     valid/NAME for the valid_* fields), the events of dropped steps purged."""
 

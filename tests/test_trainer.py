@@ -1,9 +1,11 @@
 """`electra-fast pretrain`: the tokenizer, the schedule, validation, checkpoints that survive interruption (SIGKILL
-too), corruption and full disks, extending a run, bad input, and two processes through torchrun. Tiny models, a few
-steps. The data it reads (prepare, the window order) is tested in test_prepare.py."""
+too), corruption and full disks, extending a run, bad input, log lines that average the steps between them without
+the steps waiting for the device, and two processes through torchrun. Tiny models, a few steps. The data it reads
+(prepare, the window order) is tested in test_prepare.py."""
 import argparse
 import errno
 import json
+import math
 import os
 import subprocess
 import signal
@@ -233,6 +235,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, 
     (["--steps", "3"], "--steps 3 is below the 4 steps of the run"),
     (["--valid-fraction", "1.5"], "--valid-fraction must be in [0, 1), got 1.5"),
     (["--eval-every", "-1"], "--eval-every must be at least 0, got -1"),
+    (["--log-every", "0"], "--log-every must be at least 1, got 0"),
     (["--hidden-size", "33"], "--hidden-size 33 must be a multiple of --num-heads 2"),
     (["--max-flops", "-1"], "--max-flops must be a finite number > 0"),
     (["--max-flops", "10"], "--max-flops 10 pays for no step"),
@@ -429,6 +432,155 @@ def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
     _refused(capsys, "no index.json")
     assert pretrain("--data", str(tmp_path / "missing")) == 2
     _refused(capsys, "missing")
+
+
+# ---------------------------------------------------------------------------------------------------------- logging
+
+# Tensor methods that read a value on the host: on a GPU each waits for all the work queued before it.
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+# Where the model's forward (DDP's too), its backward and the optimizer run: their reads are not the loop's (the
+# ops' value checks, which settings.set_value_checks turns off; the optimizer's step counts, which live on the CPU).
+_NOT_THE_LOOP = tuple(os.path.join("torch", *part.split("/"), "")
+                      for part in ("nn/modules", "nn/parallel", "autograd", "optim"))
+
+
+def _steps_seen(monkeypatch) -> dict:
+    """{"step": the 1-based step the loop is training}, kept up to date through trainer.step_seed, which the loop
+    calls first in each step."""
+    current = {"step": None}
+    real_step_seed = trainer.step_seed
+
+    def step_seed(base, step, rank):
+        current["step"] = step + 1
+        return real_step_seed(base, step, rank)
+
+    monkeypatch.setattr(trainer, "step_seed", step_seed)
+    return current
+
+
+def _loop_host_reads(monkeypatch) -> dict:
+    """{step: [(what, function)]} filled as `electra-fast pretrain` runs in this process: every host read the
+    training loop makes (in the code of trainer._pretrain and what it calls, not inside the model's forward or
+    backward or the optimizer), and every blocking copy to a device that electra-fast's own code in the loop asks
+    for (on a GPU it waits like a read; torch's `.to(device)` of a tensor already there is no copy), by the step
+    in which it happened. The thread that prepares the batches is not the loop."""
+    import threading
+
+    loop_thread, current, reads = threading.get_ident(), _steps_seen(monkeypatch), {}
+    package = os.path.join(os.path.dirname(trainer.__file__), "")
+
+    def made_by_the_loop(own_code_only: bool):
+        """The name of the function that called the spied method if the loop made the call, else None."""
+        frame = sys._getframe(3)  # above this function, record and the spy: the caller of the spied method
+        caller = frame.f_code.co_name
+        if own_code_only and not frame.f_code.co_filename.startswith(package):
+            return None
+        while frame is not None:
+            if frame.f_code is trainer._pretrain.__code__:
+                return caller
+            if any(part in frame.f_code.co_filename for part in _NOT_THE_LOOP):
+                return None
+            frame = frame.f_back
+        return None
+
+    def record(what, own_code_only=False):
+        if threading.get_ident() == loop_thread and current["step"] is not None:
+            caller = made_by_the_loop(own_code_only)
+            if caller is not None:
+                reads.setdefault(current["step"], []).append((what, caller))
+
+    def spy(name, real):
+        def spied(*args, **kwargs):
+            record(name)
+            return real(*args, **kwargs)
+        return spied
+
+    for name in _HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+    monkeypatch.setattr(torch.cuda, "synchronize", spy("torch.cuda.synchronize", torch.cuda.synchronize))
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        to_a_device = any(isinstance(a, (torch.device, str)) for a in args) or "device" in kwargs
+        if to_a_device and not kwargs.get("non_blocking", any(a is True for a in args)):
+            record("blocking to(device)", own_code_only=True)
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    return reads
+
+
+def test_the_loop_waits_for_the_device_only_at_the_steps_it_logs(tmp_path, corpus, monkeypatch):
+    """Steps 1, 2, 4 and 5 write no line and read nothing on the host: on a GPU they queue their work and go on."""
+    reads = _loop_host_reads(monkeypatch)
+    assert _run(tmp_path, corpus, "--steps", "7", "--log-every", "3", "--grad-accum", "2", "--save-every", "100",
+                "--eval-every", "0") == 0
+    assert sorted(reads) == [3, 6, 7], reads  # no read in the other steps, some in each logged one
+    assert [r["step"] for r in _log(tmp_path)] == [3, 6, 7]  # every 3 steps, and the last
+
+
+def test_a_line_averages_the_steps_since_the_previous_one_and_a_resume_keeps_them(tmp_path, corpus, monkeypatch):
+    """Lines every 4 steps, and at the checkpoints (every 5), the validations (every 6) and the last step (9):
+    each metric is the mean over the steps since the previous line of what lines at every step log, the
+    discriminator's AUC, precision and recall are those of all their micro-batches' tokens together, the other
+    fields are those of the line's step; a run interrupted after step 6 resumes at step 5 to the same lines."""
+    from electra_fast import api, rtd_metrics
+
+    flags = ["--steps", "9", "--grad-accum", "2", "--save-every", "5", "--valid-sequences", "3", "--eval-every", "6"]
+    assert _run(tmp_path / "every", corpus, *flags, "--log-every", "1") == 0
+    current, scored = _steps_seen(monkeypatch), {}
+    real_rtd_loss = api.rtd_loss
+
+    def rtd_loss(logits, is_replaced, weight):
+        if torch.is_grad_enabled():  # a training step's micro-batch, not validation
+            counted = weight.reshape(-1) != 0
+            scored.setdefault(current["step"], []).append(
+                (logits.detach().reshape(-1)[counted].clone(), is_replaced.reshape(-1)[counted].bool()))
+        return real_rtd_loss(logits, is_replaced, weight)
+
+    monkeypatch.setattr(api, "rtd_loss", rtd_loss)
+    assert _run(tmp_path / "windows", corpus, *flags, "--log-every", "4") == 0
+    monkeypatch.setattr(api, "rtd_loss", real_rtd_loss)
+
+    every, windows = {r["step"]: r for r in _log(tmp_path / "every")}, _log(tmp_path / "windows")
+    assert [r["step"] for r in windows] == [4, 5, 6, 8, 9]
+    first = 1
+    for record in windows:
+        steps = range(first, record["step"] + 1)
+        first = record["step"] + 1
+        same_step = every[record["step"]]
+        assert record.keys() == same_step.keys()  # valid_* at 6 and 9 only
+        for key in ("lr", "tokens", "flops", "total_flops", *(k for k in record if k.startswith("valid_"))):
+            assert json.dumps(record[key]) == json.dumps(same_step[key]), (record["step"], key)  # NaN-safe
+        for key in (*ElectraPretrainer.averaged_fields(), "grad_norm"):
+            mean = sum(every[s][key] for s in steps) / len(steps)
+            assert record[key] == pytest.approx(mean, rel=1e-12, abs=1e-15), (record["step"], key)
+        assert math.isfinite(record["tokens_per_s"]) and record["tokens_per_s"] > 0
+        # The discriminator's metrics of the window's tokens pooled: the AUC of their one histogram (how training
+        # measures it, test_rtd_metrics.py checks it against the exact one), the precision and the recall in
+        # float64 (0 is an edge of the bins: they are exact), a logit above 0 the prediction "replaced".
+        batches = [batch for s in steps for batch in scored[s]]
+        assert len(batches) == 2 * len(steps)  # --grad-accum 2
+        logits = torch.cat([x for x, _ in batches])
+        replaced = torch.cat([y for _, y in batches])
+        pooled = rtd_metrics.logit_histogram(logits, replaced, torch.ones_like(replaced))
+        assert record["disc_auc"] == pytest.approx(rtd_metrics.from_histogram(pooled)["auc"], abs=1e-12)
+        predicted = logits.double() > 0
+        true_positives = (predicted & replaced).sum().item()
+        assert record["disc_recall"] == pytest.approx(true_positives / replaced.sum().item(), abs=1e-12)
+        precision = true_positives / predicted.sum().item() if predicted.any() else math.nan
+        assert record["disc_precision"] == pytest.approx(precision, abs=1e-12, nan_ok=True)
+
+    out = tmp_path / "resumed"
+    with interrupted_at_step(monkeypatch, 6):
+        assert _run(out, corpus, *flags, "--log-every", "4") == 130
+    assert checkpoint.latest(out).endswith("step-00000005")
+    assert _run(out, corpus, *flags, "--log-every", "4", "--resume") == 0
+
+    def without_speed(log):
+        return [{k: v for k, v in record.items() if k != "tokens_per_s"} for record in log]
+
+    assert json.dumps(without_speed(_log(out))) == json.dumps(without_speed(windows))  # NaN-safe
 
 
 # ------------------------------------------------------------------------------------------------ several processes
