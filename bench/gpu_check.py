@@ -1,123 +1,253 @@
-"""One prepared script for a CUDA machine, sized to finish within 6 minutes on an H100: the test suite with CUDA
-(in parallel where pytest-xdist is installed) and each failure's one-line reason, `electra-fast check`, then the
-benchmarks — the ELECTRA-Small step at 128 x 128 in bf16, the head at Small and Base shapes in bf16 and at
-Small in float32, the LLM-like head (N 8,192, H 4,096, V 128,256) in bf16 where memory allows — and a summary
-table last. Each phase runs in its own process under a time budget, so that one hang cannot eat the others.
+"""The whole verdict on a CUDA machine in one run of at most 8 minutes (one H100 or H200): the tests marked `gpu`
+(the Triton kernels compiled on the card; four pytest processes, each test under a timeout), `electra-fast check`,
+then the benchmarks: the ELECTRA-Small step at 128 x 128 in bf16, the head at Small and Base shapes in bf16 and
+at Small in float32, the LLM-like head (N 8,192, H 4,096, V 128,256) in bf16. Each phase runs in its own process
+group under its own time budget, so that one hang cannot eat the others; a phase that fails, runs past its
+budget or is left no time ("out of time") fails the run.
 
-    pip install --no-build-isolation --no-deps -e . && python bench/gpu_check.py [--json out.json]
+    pip install --no-build-isolation --no-deps -e .      # a GPU machine whose Python already has torch and Triton
+    python bench/gpu_check.py --out gpu_check_out         # exit 0: every phase passed
+    python bench/gpu_check.py --dry-run --out dry_out     # every phase on the CPU with tiny shapes and budgets
+
+The out folder gets five files, each kept under 16 MiB, written as the run goes (a kill loses only what was not
+yet printed): tests.log, check.log and benchmarks.log (each phase's output as it came), gpu_check.json (the
+environment, every phase's status, seconds, budget and failures, every benchmark's report) and summary.txt (the
+same as a table, the verdict last). The JSON and the summary are rewritten after each phase; a phase still
+"running" or "pending" there means the run itself was stopped.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
 
-import torch
+STARTED = time.monotonic()  # the deadline counts from here, before torch's import
+
+import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEADLINE_S = 345  # the whole script; each phase gets at most what is left
-TESTS_S, CHECK_S = 140, 100  # check: the float64 truth at Base shapes runs on the host CPU
-# name -> (benchmark.Config overrides, time budget in seconds). Defaults on CUDA: batch 128 x 128, bf16.
+# The run stops here. A lent GPU allows 480 s: the rest is start-up. The dry run's budgets leave room for a CPU
+# shared with other work (about 90 s on two cores of their own).
+DEADLINE_S = {"gpu": 450, "dry-run": 300}
+GRACE_S = 3  # a phase past its budget gets SIGINT (pytest writes its summary), then SIGKILL this much later
+MIN_PHASE_S = 10  # a phase left less than this does not start: "out of time", a failure
+# Budgets in seconds, (on the GPU, in the dry run); the benchmarks' are in BENCHMARKS.
+TESTS_S, CHECK_S = (140, 40), (90, 100)  # check: its float64 truth at Base shapes runs on the host CPU
+PER_TEST_TIMEOUT_S = {"gpu": 90, "dry-run": 30}  # one test's setup, call or teardown (tests/conftest.py)
+# pytest processes at once, each on its part of the tests: the Triton kernels compile on the host CPU, one at a
+# time in a process, and a GPU machine has 16 cores.
+TEST_SHARDS = {"gpu": 4, "dry-run": 2}
+# The tests of the dry run: the marked tests of one fast file (interpreted Triton takes seconds per kernel test).
+DRY_RUN_TESTS = ["tests/test_rtd_loss.py"]
+LOG_HEAD_BYTES, LOG_TAIL_BYTES = 6 << 20, 4 << 20  # a log keeps its first 6 MiB and its last 4 to 8 MiB: < 16 MiB
+SUMMARY, RESULTS, REPORT = "summary.txt", "gpu_check.json", "benchmark_report.json"
+
+# name -> benchmark.Config overrides on CUDA (defaults there: batch 128 x 128, bf16), budget on the GPU, budget in
+# the dry run. The child runs one part at a time, so a benchmark stopped at its budget keeps the parts it finished.
 BENCHMARKS = {
-    "step Small bf16": (dict(preset="small", dtype="bfloat16", parts=("ops", "step")), 75),
-    "head Small bf16": (dict(preset="small", head_rows=2458, dtype="bfloat16", parts=("head",)), 35),
-    "head Base bf16": (dict(preset="base", head_rows=19660, dtype="bfloat16", parts=("head",)), 45),
-    "head Small fp32": (dict(preset="small", head_rows=2458, dtype="float32", parts=("head",)), 35),
+    "step Small bf16": (dict(preset="small", dtype="bfloat16", parts=("ops", "step")), 60, 40),
+    "head Small bf16": (dict(preset="small", head_rows=2458, dtype="bfloat16", parts=("head",)), 25, 20),
+    "head Base bf16": (dict(preset="base", head_rows=19660, dtype="bfloat16", parts=("head",)), 30, 20),
+    "head Small fp32": (dict(preset="small", head_rows=2458, dtype="float32", parts=("head",)), 25, 20),
     "head LLM-like bf16": (dict(head_rows=8192, head_hidden=4096, vocab_size=128256, dtype="bfloat16",
-                                parts=("head",), repeats=3), 60),
+                                parts=("head",), repeats=3), 40, 20),
 }
+CUDA_TIMING = dict(device="cuda", warmup=3, repeats=10)
+# The dry run's sizes, over every benchmark's overrides: the same tables on the CPU in seconds, in float32 (most
+# CPUs emulate bfloat16 matrix products, slowly).
+DRY_RUN_SHAPES = dict(device="cpu", batch_size=1, seq_len=8, num_layers=1, head_rows=8, head_hidden=32,
+                      vocab_size=128, dtype="float32", warmup=1, repeats=1, memory=False)
 # Eager's extra memory at a head shape, bytes per logit: bf16 and float32 logits, their gradients, the noise
 # (21 GB measured at the LLM-like shape on an H200).
 EAGER_BYTES_PER_LOGIT = 24
 
 
-def run_phase(cmd: list, budget_s: float, cwd: str, log_path: str | None = None) -> tuple[str, float, str]:
-    """Runs cmd in `cwd`, in its own process group, for at most budget_s seconds; returns (status "ok" / "failed"
-    / "timeout", seconds, output). The whole group is killed at the budget (pytest-xdist's workers included)."""
-    started = time.time()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+@dataclass
+class Phase:
+    """One step of the run: a command run in its own process group, for at most budget_s seconds."""
+
+    name: str
+    argv: list
+    budget_s: float
+    log: str  # file name in the out folder; the benchmarks share one
+    echo: str = ""  # regex of the output lines also printed on the console; "" prints every line
+    failure: str = ""  # regex of the output lines that name a failure, kept in the summary
+    env: dict = field(default_factory=dict)
+    cwd: str = ""  # "": the out folder, not the checkout, whose source folder `python -m` would put on sys.path
+    report: str = ""  # a benchmark's report file in the out folder, read back (even partial) after the phase
+
+
+def pytest_command(dry_run: bool) -> list:
+    """One shard's pytest, less its --shard: the tests marked `gpu`, each under the per-test timeout, verbose (the
+    log names a test that hangs), each failure printed as it happens (tests/conftest.py)."""
+    mode = "dry-run" if dry_run else "gpu"
+    return [sys.executable, "-m", "pytest", *(DRY_RUN_TESTS if dry_run else ["tests"]), "-m", "gpu", "-v", "-rfE",
+            "-p", "no:cacheprovider", f"--per-test-timeout={PER_TEST_TIMEOUT_S[mode]}",
+            # a test stuck in C code, where SIGALRM cannot stop it: its stack in the log before the kill
+            "-o", f"faulthandler_timeout={PER_TEST_TIMEOUT_S[mode] + 15}"]
+
+
+def plan(dry_run: bool) -> list[Phase]:
+    """The phases of a run, in order: tests, check, the benchmarks; the dry run's differ only in sizes."""
+    mode, which = ("dry-run", 1) if dry_run else ("gpu", 0)
+    py, script, dry = sys.executable, os.path.abspath(__file__), ["--dry-run"] if dry_run else []
+    interpret = {"TRITON_INTERPRET": "1"} if dry_run else {}
+    phases = [
+        Phase("tests", [py, script, "--test-shards", str(TEST_SHARDS[mode]), *dry], TESTS_S[which], "tests.log",
+              echo=r"^(\[\d+/\d+\] (FAILED NOW |=+ .* in [0-9.]+s|collected )|shards: )", failure=r"FAILED NOW ",
+              env=interpret, cwd=REPO),
+        Phase("check", [py, "-m", "electra_fast.cli", "check", "--device", "cpu" if dry_run else "cuda"],
+              CHECK_S[which], "check.log", failure=r"\bFAIL\b"),
+    ]
+    for name, (_, *budgets_s) in BENCHMARKS.items():
+        phases.append(Phase(name, [py, script, "--benchmark", name, "--report", REPORT, *dry], budgets_s[which],
+                            "benchmarks.log", report=REPORT))
+    return phases
+
+
+def budget_table(phases: list[Phase], deadline_s: float) -> str:
+    """The budgets, their sum with each phase's grace period, and the deadline that sum must stay under."""
+    lines = ["phase budgets (s)"] + [f"  {p.name:<22} {p.budget_s:>4.0f}" for p in phases]
+    total = sum(p.budget_s for p in phases) + len(phases) * GRACE_S
+    lines += [f"  {'-' * 22} {'-' * 4}", f"  {'sum':<22} {sum(p.budget_s for p in phases):>4.0f} + {len(phases)} x "
+              f"{GRACE_S} grace = {total:.0f} < deadline {deadline_s:.0f}"]
+    if total >= deadline_s:
+        raise ValueError(f"the phase budgets ({total:.0f} s with grace) must add up to less than the deadline "
+                         f"({deadline_s:.0f} s)")
+    return "\n".join(lines)
+
+
+class BoundedLog:
+    """A phase's log, written line by line as the output comes and flushed, so that it survives a kill. Past
+    LOG_HEAD_BYTES + 2 * LOG_TAIL_BYTES it is rewritten (atomically) as its head, a marker and its last
+    LOG_TAIL_BYTES: it never exceeds 16 MiB, and the end of the output, where a hang shows, is always there."""
+
+    MARKER = b"\n[... output left out here: this log keeps its head and its tail ...]\n"
+
+    def __init__(self, path: str, head_bytes: int = LOG_HEAD_BYTES, tail_bytes: int = LOG_TAIL_BYTES):
+        self.path, self.head_bytes, self.tail_bytes = path, head_bytes, tail_bytes
+        self.file = open(path, "ab")
+        self.size = self.file.tell()
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.file.flush()
+        self.size += len(data)
+        if self.size > self.head_bytes + 2 * self.tail_bytes:
+            self._keep_head_and_tail()
+
+    def _keep_head_and_tail(self) -> None:
+        self.file.close()
+        with open(self.path, "rb") as f:
+            head = f.read(self.head_bytes)
+            f.seek(-self.tail_bytes, os.SEEK_END)
+            tail = f.read()
+        tail = tail[tail.find(b"\n") + 1:] or tail  # start the tail at a line
+        with open(self.path + ".tmp", "wb") as f:
+            f.write(head + self.MARKER + tail)
+        os.replace(self.path + ".tmp", self.path)
+        self.file = open(self.path, "ab")
+        self.size = self.file.tell()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stops a phase's whole process group (pytest's subprocesses, compile workers): SIGINT first, so that pytest
+    prints its summary and Python children their traceback, SIGKILL to whatever is left GRACE_S later."""
     try:
-        output, _ = proc.communicate(timeout=max(1.0, budget_s))
-        status = "ok" if proc.returncode == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        status = "timeout"
-    if log_path:
-        with open(log_path, "w") as f:
-            f.write(output)
-    return status, time.time() - started, output
-
-
-def failures_of(junit_path: str) -> list[str]:
-    """`test id: first line of the reason` for each failed or erroring test in a JUnit XML report."""
-    if not os.path.exists(junit_path):
-        return []
-    lines = []
-    for case in ElementTree.parse(junit_path).iter("testcase"):
-        for problem in list(case.findall("failure")) + list(case.findall("error")):
-            reason = (problem.get("message") or problem.text or "").strip().splitlines()
-            lines.append(f"{case.get('classname')}::{case.get('name')}: {reason[0] if reason else '?'}")
-    return lines
-
-
-def tests_phase(budget_s: float, workdir: str) -> tuple[str, float, str]:
-    """The test suite on CUDA; prints pytest's summary line and each failure's reason."""
-    junit = os.path.join(workdir, "junit.xml")
-    cmd = [sys.executable, "-m", "pytest", "-q", "tests", "-p", "no:cacheprovider", f"--junitxml={junit}"]
-    try:
-        import xdist  # noqa: F401
-
-        cmd += ["-n", "auto", "--maxprocesses", "8"]  # more workers than that contend for the one GPU
-    except ImportError:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=GRACE_S)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
-    status, seconds, output = run_phase(cmd, budget_s, REPO, os.path.join(workdir, "pytest.log"))
-    summary = output.strip().splitlines()[-1] if output.strip() else ""
-    print(f"tests: {status} in {seconds:.0f} s: {summary}")
-    for line in failures_of(junit):
-        print(f"  FAILED {line}")
-    return status, seconds, summary
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
-def llm_head_fits(overrides: dict) -> tuple[bool, str]:
-    """Whether the free GPU memory holds eager's logits and gradients at this head shape."""
-    free, _ = torch.cuda.mem_get_info()
-    needed = EAGER_BYTES_PER_LOGIT * overrides["head_rows"] * overrides["vocab_size"]
-    return free >= needed, f"needs ~{needed / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free"
+def run_phase(phase: Phase, timeout_s: float, out_dir: str) -> dict:
+    """Runs one phase for at most timeout_s seconds, its output streamed to its log (and the lines phase.echo
+    matches to the console) as it comes. Returns status ("pass" / "fail" / "timeout"), seconds, detail (the
+    output's last line) and failures (the lines phase.failure matches)."""
+    log = BoundedLog(os.path.join(out_dir, phase.log))
+    log.write(f"\n===== {phase.name} (budget {phase.budget_s:.0f} s, stops at {timeout_s:.0f} s): "
+              f"{' '.join(phase.argv)}\n".encode())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **phase.env}
+    last_lines, failures = collections.deque(maxlen=5), []
+
+    def read_output(stream):
+        for raw in iter(lambda: stream.readline(1 << 16), b""):
+            log.write(raw)
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line.strip(" ="):
+                last_lines.append(line.strip(" ="))  # pytest's summary line without its rule
+            if phase.failure and re.search(phase.failure, line):
+                failures.append(line)
+            if re.search(phase.echo, line):
+                print(f"  {line}", flush=True)
+
+    started = time.monotonic()
+    proc = subprocess.Popen(phase.argv, cwd=phase.cwd or out_dir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    reader = threading.Thread(target=read_output, args=(proc.stdout,), daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout_s)
+        status = "pass" if proc.returncode == 0 else "fail"
+    except subprocess.TimeoutExpired:
+        status = "timeout"
+    finally:  # also on Ctrl-C or SIGTERM of this script: no phase outlives it
+        stop_group(proc)
+    reader.join(timeout=GRACE_S)  # still reading: a process that left the group holds the pipe; let it be
+    seconds = time.monotonic() - started
+    detail = last_lines[-1] if last_lines else ""
+    if status == "timeout":
+        detail = f"stopped at {timeout_s:.0f} s; last line: {detail}"
+    elif status == "fail":
+        detail = f"exit {proc.returncode}: {detail}"
+    if not reader.is_alive():
+        log.write(f"===== {phase.name}: {status} in {seconds:.1f} s\n".encode())
+        log.close()
+    return {"status": status, "seconds": round(seconds, 1), "detail": detail[:200], "failures": failures}
 
 
-def benchmark_child(name: str, out_path: str) -> int:
-    """One benchmark of BENCHMARKS in this process: prints its table, writes its report to out_path."""
-    from electra_fast import benchmark
-
-    overrides = BENCHMARKS[name][0]
-    if overrides["dtype"] == "bfloat16" and not torch.cuda.is_bf16_supported():
-        print(f"{name}: skipped, this card has no bfloat16")
-        return 0
-    if "LLM" in name:
-        fits, why = llm_head_fits(overrides)
-        if not fits:
-            print(f"{name}: skipped, {why}")
-            return 0
-    cfg = benchmark.Config(**{"device": "cuda", "warmup": 3, "repeats": 10, **overrides})
-    report = benchmark.run(cfg, progress=False)
-    print(benchmark.format_table(report), flush=True)
-    with open(out_path, "w") as f:
-        json.dump(report, f)
-    return 1 if report["failed"] else 0
+# A phase's status -> its result in the summary. Only "pass" and "n/a" (the card lacks what the benchmark needs)
+# pass the run; "pending" and "running" stay in the files only if the run itself was stopped.
+RESULT = {"pass": "PASS", "n/a": "N/A", "fail": "FAIL", "timeout": "FAIL (timeout)",
+          "out of time": "FAIL (out of time)", "pending": "NOT RUN", "running": "CUT OFF"}
 
 
-def summary_table(phases: list, reports: dict) -> str:
-    """The phases with status and time, then the head and step rows of every benchmark."""
-    lines = ["", "gpu_check summary", f"{'phase':<22} {'status':<8} {'s':>5}  detail", "-" * 70]
-    lines += [f"{p:<22} {status:<8} {s:>5.0f}  {detail}" for p, status, s, detail in phases]
+def verdict(results: list[dict]) -> str:
+    """PASS, FAIL naming the phases that failed, or INCOMPLETE while phases are pending or running."""
+    unfinished = [r["name"] for r in results if r["status"] in ("pending", "running")]
+    failed = [f"{r['name']} {r['status']}" for r in results if r["status"] not in ("pass", "n/a", "pending", "running")]
+    if unfinished:
+        return f"INCOMPLETE: the run stopped (or is still going) before {', '.join(unfinished)} ended" + (
+            f"; failed so far: {', '.join(failed)}" if failed else "")
+    return f"FAIL: {len(failed)} of {len(results)} phases ({', '.join(failed)})" if failed else "PASS"
+
+
+def summary_text(results: list[dict], reports: dict, header: str) -> str:
+    """The phases with result, seconds and budget, the failures, the head and step rows of every benchmark,
+    the verdict last."""
+    lines = [header, "", f"{'phase':<22} {'result':<18} {'s':>5} {'budget':>6}  detail", "-" * 100]
+    for r in results:
+        lines.append(f"{r['name']:<22} {RESULT[r['status']]:<18} {r['seconds']:>5.0f} {r['budget_s']:>6.0f}  "
+                     f"{r['detail'][:80]}")
+    failures = [f"  {r['name']}: {f}" for r in results for f in r["failures"]]
+    if failures:
+        lines += ["", "failures"] + failures
     lines += ["", f"{'benchmark':<20} {'table':<13} {'variant':<28} {'ms':>9} {'vs eager':>9} {'vs compile':>10}",
               "-" * 94]
     for name, report in reports.items():
@@ -133,58 +263,200 @@ def summary_table(phases: list, reports: dict) -> str:
             lines.append(f"{name:<20} floor {notes['head_gemm_floor_ms']:.2f} ms{rate}; electra-fast / floor "
                          f"{notes.get('head_over_floor', float('nan')):.2f}")
         lines += [f"{name:<20} FAILED {f['table']} / {f['variant']}: {f['error']}" for f in report["failed"]]
+    lines += ["", f"VERDICT: {verdict(results)}"]
     return "\n".join(lines)
 
 
+def headline(report: dict) -> str:
+    """A benchmark's result in a line: electra-fast's time in its last head or step table, against eager."""
+    rows = [r for r in report["rows"] if r["variant"] == "electra-fast" and r["table"] in ("head fwd+bwd", "step")]
+    if not rows:
+        return f"{len(report['rows'])} rows"
+    r = rows[-1]
+    ratio = f", {r['ratios']['vs eager']:.2f}x vs eager" if "vs eager" in r["ratios"] else ""
+    return f"electra-fast {r['table']} {r['ms']:.2f} ms{ratio}"
+
+
+def write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def run_all(phases: list[Phase], deadline_at: float, out_dir: str, environment: dict) -> int:
+    """Runs the phases in order, each for at most its budget and what is left before deadline_at (a
+    time.monotonic() time); rewrites the JSON and the summary after each phase. Returns the exit code: 0 when
+    every phase passed (or was not applicable on this card), else 1."""
+    header = "gpu_check " + " ".join(f"{k}={v}" for k, v in environment.items())
+    results = [{"name": p.name, "budget_s": p.budget_s, "status": "pending", "seconds": 0.0, "detail": "",
+                "failures": [], "log": p.log} for p in phases]
+    reports = {}
+
+    def save():
+        write_atomically(os.path.join(out_dir, RESULTS), json.dumps(
+            {"environment": environment, "verdict": verdict(results), "phases": results, "reports": reports},
+            indent=1))
+        write_atomically(os.path.join(out_dir, SUMMARY), summary_text(results, reports, header) + "\n")
+
+    for phase, result in zip(phases, results):
+        left_s = deadline_at - time.monotonic() - GRACE_S
+        if left_s < MIN_PHASE_S:
+            result.update(status="out of time", detail=f"not started: {max(left_s, 0):.0f} s left of the deadline")
+            print(f"{phase.name}: FAIL, out of time", flush=True)
+            save()
+            continue
+        timeout_s = min(phase.budget_s, left_s)
+        print(f"\n[{phase.name}] up to {timeout_s:.0f} s, log {os.path.join(out_dir, phase.log)}", flush=True)
+        result["status"] = "running"
+        save()
+        report_path = os.path.join(out_dir, phase.report) if phase.report else ""
+        if report_path and os.path.exists(report_path):
+            os.remove(report_path)
+        result.update(run_phase(phase, timeout_s, out_dir))
+        if report_path and os.path.exists(report_path):
+            with open(report_path) as f:
+                report = json.load(f)
+            os.remove(report_path)
+            if "not_applicable" in report:
+                result.update(status="n/a" if result["status"] == "pass" else result["status"],
+                              detail=report["not_applicable"])
+            else:
+                reports[phase.name] = report
+                result["failures"] += [f"{f['table']} / {f['variant']}: {f['error']}" for f in report["failed"]]
+                if result["status"] == "pass":
+                    result["detail"] = headline(report)
+        print(f"[{phase.name}] {result['status']} in {result['seconds']:.0f} s", flush=True)
+        save()
+    print("\n" + summary_text(results, reports, header), flush=True)
+    return 0 if verdict(results) == "PASS" else 1
+
+
+def tests_child(shards: int, dry_run: bool) -> int:
+    """The test phase: `shards` pytest processes at once, each on its contiguous part of the marked tests, their
+    lines relayed as they come with the shard in front, one line of every shard's result last. Returns 0 when
+    every shard passed, else 1."""
+    procs = [subprocess.Popen(pytest_command(dry_run) + [f"--shard={k}/{shards}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT) for k in range(1, shards + 1)]
+    # The runner's SIGINT at the budget reaches the shards too (one process group): this process keeps relaying
+    # the summaries they then print. Ignored only now, so that the shards did not inherit it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lock, last_lines = threading.Lock(), [""] * shards
+
+    def relay(k: int, stream):
+        for raw in iter(lambda: stream.readline(1 << 16), b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line.strip(" ="):
+                last_lines[k - 1] = line.strip(" =")
+            with lock:
+                print(f"[{k}/{shards}] {line}", flush=True)
+
+    relays = [threading.Thread(target=relay, args=(k, p.stdout)) for k, p in enumerate(procs, 1)]
+    for thread in relays:
+        thread.start()
+    codes = [p.wait() for p in procs]
+    for thread in relays:
+        thread.join()
+    counts = collections.Counter()
+    for last in last_lines:
+        counts.update({word: int(n) for n, word in re.findall(r"(\d+) (failed|passed|skipped|errors?)", last)})
+    print(f"shards: {', '.join(f'{n} {word}' for word, n in counts.items()) or 'no summary'}; " + "; ".join(
+        f"{k}/{shards} exit {code}: {last}" for k, (code, last) in enumerate(zip(codes, last_lines), 1)), flush=True)
+    return 0 if not any(codes) else 1
+
+
+def eager_compile(model=None, **kwargs):
+    """torch.compile's signature without the compilation (the dry run's)."""
+    return model if model is not None else (lambda fn: fn)
+
+
+def benchmark_child(name: str, report_path: str, dry_run: bool) -> int:
+    """One benchmark of BENCHMARKS in this process, one part at a time: prints each part's table and rewrites the
+    report so far to report_path after it. A card without bfloat16, or without the memory eager needs at the
+    LLM-like shape, makes the report {"not_applicable": why}."""
+    from electra_fast import benchmark
+
+    if dry_run:
+        # Inductor's imports take seconds and its C++ code generation minutes on two CPU cores: the dry run, which
+        # proves this script and not the benchmark, times torch.compile's variants eagerly.
+        torch.compile = eager_compile
+    overrides = {**CUDA_TIMING, **BENCHMARKS[name][0], **(DRY_RUN_SHAPES if dry_run else {})}
+    why_not = ""
+    if overrides["device"] == "cuda" and overrides["dtype"] == "bfloat16" and not torch.cuda.is_bf16_supported():
+        why_not = "this card has no bfloat16"
+    elif overrides["device"] == "cuda" and "LLM" in name:
+        free, _ = torch.cuda.mem_get_info()
+        needed = EAGER_BYTES_PER_LOGIT * overrides["head_rows"] * overrides["vocab_size"]
+        if free < needed:
+            why_not = f"eager needs ~{needed / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free"
+    if why_not:
+        print(f"{name}: not applicable, {why_not}")
+        write_atomically(report_path, json.dumps({"not_applicable": why_not}))
+        return 0
+    report = None
+    for part in overrides["parts"]:
+        part_report = benchmark.run(benchmark.Config(**{**overrides, "parts": (part,)}), progress=False)
+        print(benchmark.format_table(part_report), flush=True)
+        if report is None:
+            report = part_report
+        else:
+            report["rows"] += part_report["rows"]
+            report["notes"].update(part_report["notes"])
+            report["failed"] += part_report["failed"]
+        report["config"]["parts"] = overrides["parts"][:overrides["parts"].index(part) + 1]
+        write_atomically(report_path, json.dumps(report))
+    return 1 if report["failed"] else 0
+
+
+def environment_of(mode: str) -> dict:
+    """What the summary's first line names: mode, card, versions, commit."""
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        commit = "unknown"
+    info = {"mode": mode, "device": torch.cuda.get_device_name() if mode == "gpu" else "cpu (tiny sizes, float32)",
+            "torch": torch.__version__, "cuda": torch.version.cuda, "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", default=None, help="write the phases and the benchmark reports here")
-    parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--benchmark", choices=list(BENCHMARKS), help=argparse.SUPPRESS)  # a phase's child
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_check_out", help="the folder for the logs, gpu_check.json and "
+                        "summary.txt (created; those files are overwritten)")
+    parser.add_argument("--dry-run", action="store_true", help="every phase on the CPU with tiny shapes and budgets")
+    parser.add_argument("--test-shards", type=int, help=argparse.SUPPRESS)  # the tests phase's child
+    parser.add_argument("--benchmark", choices=list(BENCHMARKS), help=argparse.SUPPRESS)  # a benchmark's child
+    parser.add_argument("--report", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_check needs a CUDA device", file=sys.stderr)
-        return 2
+    if args.test_shards:
+        return tests_child(args.test_shards, args.dry_run)
     if args.benchmark:
-        return benchmark_child(args.benchmark, args.out)
-
-    started = time.time()
-
-    def left(budget_s: float) -> float:
-        return min(budget_s, DEADLINE_S - (time.time() - started))
-
-    phases, reports = [], {}
-    with tempfile.TemporaryDirectory() as workdir:
-        if not args.skip_tests:
-            phases.append(("tests", *tests_phase(left(TESTS_S), workdir)))
-        # Run from outside the checkout, whose source folder `-m` would import instead of the installed package.
-        status, seconds, output = run_phase([sys.executable, "-m", "electra_fast.cli", "check", "--device", "cuda"],
-                                            left(CHECK_S), workdir)
-        print(output, flush=True)
-        phases.append(("check", status, seconds, (output.strip().splitlines() or [""])[-1]))
-        for name, (_, budget_s) in BENCHMARKS.items():
-            if left(budget_s) < 10:
-                phases.append((name, "skipped", 0.0, "out of time"))
-                continue
-            out_path = os.path.join(workdir, "report.json")
-            if os.path.exists(out_path):
-                os.remove(out_path)
-            status, seconds, output = run_phase([sys.executable, os.path.abspath(__file__), "--benchmark", name,
-                                                 "--out", out_path], left(budget_s), workdir)
-            print(output, flush=True)
-            if os.path.exists(out_path):
-                with open(out_path) as f:
-                    reports[name] = json.load(f)
-            detail = "" if name in reports and status == "ok" else (output.strip().splitlines() or [""])[-1][:60]
-            phases.append((name, status, seconds, detail))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"phases": phases, "reports": reports}, f, indent=2)
-    print(summary_table(phases, reports))
-    print(f"gpu_check finished in {time.time() - started:.0f} s")
-    return 0 if all(status in ("ok", "skipped") for _, status, _, _ in phases) else 1
+        return benchmark_child(args.benchmark, args.report, args.dry_run)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check needs a CUDA device (--dry-run walks the phases on the CPU)", file=sys.stderr)
+        return 2
+    mode = "dry-run" if args.dry_run else "gpu"
+    phases = plan(args.dry_run)
+    print(budget_table(phases, DEADLINE_S[mode]), flush=True)
+    out_dir = os.path.abspath(args.out)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in {p.log for p in phases}:
+        open(os.path.join(out_dir, name), "w").close()
+    code = run_all(phases, STARTED + DEADLINE_S[mode], out_dir, environment_of(mode))
+    print(f"gpu_check finished in {time.monotonic() - STARTED:.0f} s of {DEADLINE_S[mode]}; files in {out_dir}")
+    return code
 
 
 if __name__ == "__main__":
+    # SIGTERM (a machine handed back, a CI job cancelled) ends the run as Ctrl-C does: the phase running is
+    # stopped with its group, and what was written stays.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     sys.exit(main())

@@ -28,8 +28,30 @@ def test_run_reports_every_variant_with_ratios():
     assert step["electra-fast"]["ratios"]["vs eager"] == pytest.approx(step["eager"]["ms"] / step["electra-fast"]["ms"])
     assert 0 < report["notes"]["fused_share_of_eager_step"]
     assert report["notes"]["head_gemm_floor_ms"] > 0
+    assert report["notes"]["cublas mm -> float32"] == report["notes"]["cublas addmm -> float32 in place"] == "n/a (CPU)"
     text = benchmark.format_table(report)
-    assert "electra-fast" in text and "tokens/s" in text
+    assert "electra-fast" in text and "tokens/s" in text and "cublas mm -> float32: n/a (CPU)" in text
+
+
+def test_the_cublas_probe_answer_is_a_note(monkeypatch):
+    from electra_fast.benchmark import heads
+    from electra_fast.kernels import generator_head
+
+    cuda = torch.device("cuda", 0)
+    assert heads.cublas_probe_notes(cuda, torch.float32) == dict.fromkeys(
+        ("cublas mm -> float32", "cublas addmm -> float32 in place"), "n/a (float32 inputs)")
+    monkeypatch.setattr(generator_head, "_float32_out", lambda device, dtype: (True, False))
+    for capability, loud in (((9, 0), True), ((7, 5), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        notes = heads.cublas_probe_notes(cuda, torch.bfloat16)
+        assert (notes["cublas mm -> float32"], notes["cublas addmm -> float32 in place"]) == ("yes", "no")
+        assert ("WARNING" in notes) == loud
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    notes = {**heads.cublas_probe_notes(cuda, torch.bfloat16), "head_gemm_floor_ms": 1.5}
+    config = dict(preset="small", batch_size=1, seq_len=1, head_rows=1, dtype="bfloat16", repeats=1, warmup=1)
+    text = benchmark.format_table({"environment": {"device": "cuda"}, "config": config, "rows": [], "notes": notes})
+    assert "WARNING: cuBLAS refused addmm -> float32 in place for bfloat16 on this sm_80+ GPU" in text
+    assert "head_gemm_floor_ms: 1.500" in text
 
 
 def test_recommended_steps_run():

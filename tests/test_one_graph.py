@@ -155,23 +155,47 @@ def test_step_reads_no_tensor_values_on_the_host(objective):
     assert reads.found == []
 
 
+def _cudagraph_counters() -> dict:
+    """Inductor's counts of CUDA-graph skips (a compiled graph or a call that fell back to running its ops
+    eagerly, `log_cudagraph_skip_and_bump_counter` and its silent siblings in torch 2.11 and 2.13) and of graph
+    partitions (nodes that no CUDA graph can hold, split off to run eagerly between the graphs)."""
+    from torch._dynamo.utils import counters
+
+    return {name: counters["inductor"][name] for name in ("cudagraph_skips", "cudagraph_partitions")}
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_replay_equals_eager_and_makes_no_host_sync(monkeypatch):
     import torch._inductor.config as inductor_config
+    from torch._inductor import cudagraph_trees
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)  # eager's random streams inside the graph
+    # Count the replays: CUDAGraphNode.run_graph replays a recorded graph (its recording replays once through
+    # another path, so a step that re-records counts none).
+    replays = []
+    real_run_graph = cudagraph_trees.CUDAGraphNode.run_graph
+
+    def counted_run_graph(node):
+        replays[-1] += 1
+        return real_run_graph(node)
+
+    monkeypatch.setattr(cudagraph_trees.CUDAGraphNode, "run_graph", counted_run_graph)
     torch._dynamo.reset()
+    before = _cudagraph_counters()
     eager = _builtin().cuda()
     graphed = copy.deepcopy(eager)
     replay = torch.compile(graphed, fullgraph=True, mode="reduce-overhead")
     ids, mask = (t.cuda() for t in _batch())
     results = []
-    with value_checks(False):
+    # fallback_random: eager's random streams inside the graph. cudagraph_or_error: a skip that Inductor logs
+    # raises with its reason instead of running the step's ops eagerly.
+    with value_checks(False), inductor_config.patch({"fallback_random": True, "triton.cudagraph_or_error": True}):
         for model, step in ((eager, eager), (graphed, replay)):
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             outputs = []
             for i in range(5):
                 torch.manual_seed(10 + i)
+                replays.append(0)
                 # Steps 0 and 1 warm up and capture; the replays after them must not wait for the GPU.
                 torch.cuda.set_sync_debug_mode("error" if step is replay and i >= 2 else "default")
                 try:
@@ -184,4 +208,11 @@ def test_cuda_graph_replay_equals_eager_and_makes_no_host_sync(monkeypatch):
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             results.append(torch.stack(outputs))
+    after = _cudagraph_counters()
+    assert after["cudagraph_skips"] == before["cudagraph_skips"], "Inductor skipped CUDA graphs: the ops ran eagerly"
+    assert after["cudagraph_partitions"] == before["cudagraph_partitions"], (
+        "Inductor split the step around nodes no CUDA graph can hold (CPU ops, device copies, cudagraph-unsafe "
+        "ops): those run eagerly between the graphs")
+    # Each step after warm-up (0) and recording (1) replays the forward's and the backward's graphs.
+    assert replays[:5] == [0] * 5 and all(count >= 2 for count in replays[7:]), replays
     assert torch.allclose(results[1], results[0], rtol=1e-4, atol=1e-5)

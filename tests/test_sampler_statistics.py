@@ -4,7 +4,7 @@ import pytest
 import torch
 import electra_fast
 from conftest import interpreted
-from electra_fast.check import chi_square_pvalue
+from electra_fast.check import chi_square_pvalue, sampler_logits
 
 
 def _rows(backend):
@@ -24,19 +24,35 @@ def test_sample_logits_frequencies(target, temperature):
     assert chi_square_pvalue(sampled, probs) > 1e-3
 
 
-def test_head_frequencies_and_zero_probability(target):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sample_logits_frequencies_in_half_precision(target, dtype):
+    # Logits where the dtype's spacing is 0.5 to 1 (the check's): the draws follow the softmax of the logits as
+    # rounded to the dtype, which differs visibly from that of the float32 values before rounding.
+    backend, device = target
+    v = 300 if interpreted(backend) else 1031
+    logits = sampler_logits(dtype, v, seed=int(torch.randint(0, 2**31, ())))  # every 7th id -inf
+    n = _rows(backend)
+    _, sampled, _ = electra_fast.sample_logits(logits.expand(n, v).to(device), temperature=0.6,
+                                               seed=int(torch.randint(0, 2**62, ())))
+    assert (sampled.cpu() % 7 != 0).all()
+    assert chi_square_pvalue(sampled, torch.softmax(logits.double() / 0.6, 0)) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_head_frequencies_and_zero_probability(target, dtype):
     backend, device = target
     v, h = (260, 16) if interpreted(backend) else (1031, 32)
     n = _rows(backend)
-    hidden_row = torch.randn(h)
-    weight = torch.randn(v, h) * 0.4
-    bias = torch.zeros(v)
+    hidden_row = torch.randn(h).to(dtype)
+    weight = (torch.randn(v, h) * 0.4).to(dtype)
+    bias = torch.zeros(v, dtype=dtype)
     bias[::3] = float("-inf")  # probability 0
     hidden = hidden_row.expand(n, h)
     targets = torch.randint(0, v, (n,))
     _, sampled, _ = electra_fast.generator_loss_and_sample(hidden.to(device), weight.to(device), bias.to(device),
                                                            targets.to(device), seed=int(torch.randint(0, 2**62, ())))
     assert (sampled.cpu() % 3 != 0).all()
+    # The truth from the inputs as rounded to the dtype; the head's logits are float32 products of them.
     probs = torch.softmax(weight.double() @ hidden_row.double() + bias.double(), 0)
     assert chi_square_pvalue(sampled, probs) > 1e-3
 

@@ -115,6 +115,44 @@ def head_floor(cfg: Config) -> dict:
     return {"head_gemm_floor_ms": seconds * 1e3}
 
 
+def cublas_float32_out(device: torch.device, dtype: torch.dtype) -> tuple[bool, bool]:
+    """The head's cuBLAS probe (`kernels.generator_head._float32_out`) on a CUDA `device` for float16/bfloat16
+    `dtype`: (cuBLAS multiplies such matrices into a float32 result, and accumulates such a product into a float32
+    tensor in place). Where either is False the head takes a slower path with more memory: its weight upcast to a
+    float32 [V, H] copy, d weight accumulated through a float32 [V, H] temporary per row-chunk."""
+    from ..kernels import generator_head  # needs triton, which a CUDA machine has
+
+    if device.index is None:  # the probe is cached per device, as the head asks it: with the index
+        device = torch.device(device.type, torch.cuda.current_device())
+    return generator_head._float32_out(device, dtype)
+
+
+def cublas_probe_flagged(device: torch.device) -> bool:
+    """Whether a "no" from the cuBLAS probe is a fault on this CUDA device: on sm_80 or newer (bfloat16 tensor
+    cores, torch >= 2.8 offering out_dtype) the fast path is expected."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def cublas_probe_notes(device: torch.device, dtype: torch.dtype) -> dict:
+    """The cuBLAS probe's answer for a head of `dtype` on `device`, as report notes: "cublas mm -> float32" and
+    "cublas addmm -> float32 in place", each "yes", "no" or "n/a (...)"; and a "WARNING" note where a "no" on sm_80
+    or newer sends the head down its slow path."""
+    keys = ("cublas mm -> float32", "cublas addmm -> float32 in place")
+    if device.type != "cuda":
+        return dict.fromkeys(keys, "n/a (CPU)")
+    if dtype not in (torch.float16, torch.bfloat16):
+        return dict.fromkeys(keys, f"n/a ({str(dtype).replace('torch.', '')} inputs)")
+    answers = cublas_float32_out(device, dtype)
+    notes = {k: "yes" if ok else "no" for k, ok in zip(keys, answers)}
+    if not all(answers) and cublas_probe_flagged(device):
+        missing = " and ".join(k.split(" ", 1)[1] for k, ok in zip(keys, answers) if not ok)
+        notes["WARNING"] = (f"cuBLAS refused {missing} for {str(dtype).replace('torch.', '')} on this sm_80+ GPU "
+                            f"with torch {torch.__version__}: the head ran its slow path (a float32 [V, H] copy "
+                            f"or temporary: ~2 GB and ~15 ms more at V 128,256 x H 4,096); its timings here are "
+                            f"not the fast path's")
+    return notes
+
+
 def op_variants(cfg: Config) -> dict:
     """table -> {name -> zero-argument callable} for sample_logits, replace_ and rtd_loss at the step's shapes
     (batch_size x seq_len tokens, 15 % of them masked)."""

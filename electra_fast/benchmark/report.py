@@ -80,7 +80,7 @@ def format_table(report: dict) -> str:
         lines.append(f"{r['table']:<18} {name:<28} {r['ms']:>9.1f} {tokens:>9} {peak:>8} {ratio('vs eager'):>9} "
                      f"{ratio('vs compile'):>10} {ratio('vs eager-full'):>13} {ratio('vs hf eager-full'):>16}")
     for k, v in report["notes"].items():
-        lines.append(f"{k}: {v:.3f}")
+        lines.append(f"{k}: {v:.3f}" if isinstance(v, (int, float)) else f"{k}: {v}")
     for f in report.get("failed", []):
         lines.append(f"FAILED {f['table']} / {f['variant']}: {f['error']}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ from dataclasses import asdict
 import torch
 
 from .config import Config
-from .heads import head_floor, head_variants, op_variants
+from .heads import cublas_probe_notes, head_floor, head_variants, op_variants
 from .measure import peak_memory_mb, probe_memory, time_variants
 from .report import Row, add_ratios, environment
 from .steps import (first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants,
@@ -50,15 +50,16 @@ def tables_of(cfg: Config) -> list[str]:
 
 def run(cfg: Config, progress: bool = True) -> dict:
     """Runs the tables of cfg.parts; returns the report: environment, config, rows (one per variant that ran),
-    notes (the head's floor, the fused ops' share of the eager step) and failed (variants that raised, each
-    with its one-line reason)."""
+    notes (the cuBLAS probe's answer, the head's floor, the fused ops' share of the eager step) and failed
+    (variants that raised, each with its one-line reason)."""
     device = torch.device(cfg.device)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=0, desc="bench", unit="call", leave=False, file=sys.stderr)
-    rows, notes, failed = [], {}, []
+    # Which path the head's matrix products take (cuBLAS into float32, or the slow upcast): the timings' context.
+    rows, notes, failed = [], cublas_probe_notes(device, getattr(torch, cfg.dtype)), []
     for table in tables_of(cfg):
         variants = variants_of(cfg, table)
         if bar is not None:
