@@ -1,13 +1,11 @@
 """electra-fast: fused kernels for ELECTRA pretraining (SPEC: the generator head, its sampler, REPLACE and the
 replaced-token-detection loss), as one PyTorch API and as torch.ops.electra_fast.*."""
-import pkgutil
-
 import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 
 # Run from a source checkout's root after a plain `pip install .`, this folder comes first on sys.path and shadows
 # the installed package, which alone holds what the build makes: the C++ extension `_C` and `kernels/` shipped as
 # `electra_fast.kernels`. Submodules are then looked for in the installed copy too (an editable install needs none).
-__path__ = pkgutil.extend_path(__path__, __name__)
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
 from .masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens

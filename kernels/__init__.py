@@ -11,9 +11,13 @@ if __name__ == "kernels":
     import os
     import sys
 
-    _checkout = os.path.realpath(os.path.dirname(os.path.dirname(__file__)))
-    _elsewhere = [p for p in sys.path if os.path.realpath(p or os.curdir) != _checkout]
-    _spec = importlib.machinery.PathFinder.find_spec(__name__, _elsewhere)
+    def _is_checkout(entry):
+        """A source checkout of electra-fast (this one or another: two would find each other in turn)."""
+        root = os.path.realpath(entry or os.curdir)
+        return all(os.path.exists(os.path.join(root, *part)) for part in
+                   (("setup.py",), ("electra_fast", "__init__.py"), ("kernels", "__init__.py")))
+
+    _spec = importlib.machinery.PathFinder.find_spec(__name__, [p for p in sys.path if not _is_checkout(p)])
     if _spec is None:
         raise ModuleNotFoundError(f"No module named {__name__!r}", name=__name__)
     _module = importlib.util.module_from_spec(_spec)

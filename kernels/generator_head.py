@@ -19,12 +19,13 @@ from .sampler import sample
 def _float32_out(device: torch.device, dtype: torch.dtype) -> tuple[bool, bool]:
     """Whether this torch multiplies float16/bfloat16 matrices on `device` into a float32 tensor given as `out`
     (torch >= 2.8 on CUDA: `mm(out_dtype=, out=)`), and accumulates such a product into a float32 tensor in place
-    (`addmm(out_dtype=, out=)`, refused by some versions). Asked once per device and dtype, on 2 x 2 matrices."""
+    (`addmm(out_dtype=, out=)`, refused by some versions). Asked once per device and dtype, on 2 x 2 matrices; the
+    product goes into a view with padded rows, as the head's logits do (`_ChunkBuffers`)."""
     if device.type != "cuda":
         return False, False
     a = torch.ones(2, 2, dtype=dtype, device=device)
     acc = torch.zeros(2, 2, dtype=torch.float32, device=device)
-    product = torch.empty(2, 2, dtype=torch.float32, device=device)
+    product = torch.empty(2, configs.padded_vocab(3), dtype=torch.float32, device=device)[:, :2]
     supported = []
     for multiply in (lambda: torch.mm(a, a, out_dtype=torch.float32, out=product),
                      lambda: torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)):

@@ -37,15 +37,21 @@ def _check_rows(logits, bias, targets):
     require("targets", targets, device=logits.device, dtypes=(torch.int64,), contiguous=True, shape=(n,))
 
 
+def _adjacent_columns(logits):
+    """logits whose ids lie next to each other in memory (any row stride), copied when they do not: the kernels
+    read a row's ids as consecutive 16-byte vectors."""
+    return logits if logits.shape[1] <= 1 or logits.stride(1) == 1 else logits.contiguous()
+
+
 @triton.jit
-def exact_chunk_lse(row_starts, stride_v, bias_ptr, chunks, excluded, V, inv_t, HAS_BIAS: tl.constexpr):
+def exact_chunk_lse(row_starts, bias_ptr, chunks, excluded, V, inv_t, HAS_BIAS: tl.constexpr):
     """SPEC §3's chunk log-masses evaluated id by id: logsumexp of z = x / T over the 128 ids of each of `chunks`
     [BLOCK_N, CB] (int64) of the rows starting at row_starts [BLOCK_N], NaN as -inf, the id excluded [BLOCK_N]
     (-1: none) as -inf. [BLOCK_N, CB] float32. The fold's slow path: rows with a NaN or an inf, and the chunk
     of the id that disallow_correct excludes."""
     ids = chunks[:, :, None] * 128 + tl.arange(0, 128)[None, None, :]
     ok = ids < V
-    x = tl.load(row_starts[:, None, None] + ids * stride_v, mask=ok, other=float("-inf")).to(tl.float32)
+    x = tl.load(row_starts[:, None, None] + ids, mask=ok, other=float("-inf")).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(bias_ptr + ids, mask=ok, other=0.0).to(tl.float32)
     z = tl.where((x != x) | (ids == excluded[:, None, None]), float("-inf"), x) * inv_t
@@ -75,17 +81,21 @@ def _fold_tile(row_ptrs, bias_ptr, cols, chunks, lse_ptrs, store_ok, V, k, inv_t
     # `bad`, and the row's chunk log-masses are redone id by id after the loop.
     cmax = tl.max(tl.max(x, axis=1), axis=2)
     cref = tl.where(cmax == float("-inf"), 0.0, cmax)
-    csum_z = tl.sum(tl.sum(tl.exp2(x * k - (cref * k)[:, None, :, None]), axis=1), axis=2)
+    # The difference first, exact for close values: a product of each first would lose the digits a large
+    # common offset of the logits (a shift the softmax does not see) carries.
+    shifted = x - cref[:, None, :, None]
+    csum_z = tl.sum(tl.sum(tl.exp2(shifted * k), axis=1), axis=2)
     if UNIT_TEMPERATURE:
         csum_x = csum_z
     else:  # the loss's exponentials are of x, the sampler's of x / T
-        csum_x = tl.sum(tl.sum(tl.exp2(x * LOG2E - (cref * LOG2E)[:, None, :, None]), axis=1), axis=2)
+        csum_x = tl.sum(tl.sum(tl.exp2(shifted * LOG2E), axis=1), axis=2)
     lse = tl.where(cmax == float("-inf"), float("-inf"), cref * inv_t + tl.log(csum_z))
     tl.store(lse_ptrs + chunks, lse, mask=store_ok)
     bad |= (csum_x != csum_x).to(tl.int32)
     m_new = tl.maximum(m_acc, cmax)
     m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    s_acc = s_acc * tl.exp2((m_acc - m_ref) * LOG2E) + csum_x * tl.exp2((cref - m_ref) * LOG2E)
+    # cmax, not cref: a chunk of -inf only adds 0 * exp2(-inf), never 0 * inf (cref is 0 there).
+    s_acc = s_acc * tl.exp2((m_acc - m_ref) * LOG2E) + csum_x * tl.exp2((cmax - m_ref) * LOG2E)
     better = cmax > best
     return m_new, s_acc, tl.where(better, cmax, best), tl.where(better, chunks, best_chunk), bad
 
@@ -98,7 +108,7 @@ def _per_chunk_slot(values, zero):
 
 
 @triton.jit
-def _fold_rows_kernel(logits_ptr, stride_n, stride_v, bias_ptr, targets_ptr, stats_ptr, row_loss_ptr,
+def _fold_rows_kernel(logits_ptr, stride_n, bias_ptr, targets_ptr, stats_ptr, row_loss_ptr,
                       predicted_ptr, chunk_lse_ptr, N, V, n_chunks, ignore_index, temperature,
                       HAS_BIAS: tl.constexpr, DISALLOW: tl.constexpr, UNIT_TEMPERATURE: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
@@ -147,21 +157,21 @@ def _fold_rows_kernel(logits_ptr, stride_n, stride_v, bias_ptr, targets_ptr, sta
         for c0 in range(0, n_chunks, 4):
             every = c0 + tl.arange(0, 4).to(tl.int64)[None, :] + 0 * rows[:, None]
             tl.store(chunk_lse_ptr + rows[:, None] * n_chunks + every,
-                     exact_chunk_lse(row_starts, stride_v, bias_ptr, every, excluded, V, inv_t, HAS_BIAS),
+                     exact_chunk_lse(row_starts, bias_ptr, every, excluded, V, inv_t, HAS_BIAS),
                      mask=rows_ok[:, None] & (every < n_chunks))
     elif DISALLOW:
         own = tl.maximum(excluded // 128, 0)[:, None]
         tl.store(chunk_lse_ptr + rows[:, None] * n_chunks + own,
-                 exact_chunk_lse(row_starts, stride_v, bias_ptr, own, excluded, V, inv_t, HAS_BIAS),
+                 exact_chunk_lse(row_starts, bias_ptr, own, excluded, V, inv_t, HAS_BIAS),
                  mask=(rows_ok & (excluded >= 0))[:, None])
 
-    target_logit = tl.load(row_starts + targets * stride_v, mask=valid, other=0.0).to(tl.float32)
+    target_logit = tl.load(row_starts + targets, mask=valid, other=0.0).to(tl.float32)
     if HAS_BIAS:
         target_logit += tl.load(bias_ptr + targets, mask=valid, other=0.0).to(tl.float32)
     # The argmax: the first id of the first chunk whose max is the row's (0 where every logit is -inf or NaN).
     row_best, chunk = first_argmax(best, best_chunk, 1, 2**30)
     in_chunk = tl.minimum(chunk, n_chunks - 1).to(tl.int64)[:, None] * 128 + tl.arange(0, 128)[None, :]
-    x = tl.load(row_starts[:, None] + in_chunk * stride_v, mask=in_chunk < V, other=float("-inf")).to(tl.float32)
+    x = tl.load(row_starts[:, None] + in_chunk, mask=in_chunk < V, other=float("-inf")).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(bias_ptr + in_chunk, mask=in_chunk < V, other=0.0).to(tl.float32)
     _, predicted = first_argmax(tl.where(x != x, float("-inf"), x), in_chunk, 1, V)
@@ -174,8 +184,9 @@ def _fold_rows_kernel(logits_ptr, stride_n, stride_v, bias_ptr, targets_ptr, sta
 
 def fold_rows(logits, bias, targets, *, ignore_index, temperature, disallow_correct, out=None, interpret=False,
               config=None):
-    """Statistics of logits [N, V] (+ bias [V], contiguous, or None): float16/bfloat16/float32, any strides
-    (rows 16-byte aligned and unit column stride load fastest); targets [N] int64 contiguous.
+    """Statistics of logits [N, V] (+ bias [V], contiguous, or None): float16/bfloat16/float32, any row stride
+    (rows 16-byte aligned load fastest; logits whose columns are not adjacent are copied first); targets [N]
+    int64 contiguous.
     Returns (stats [N, 2] = (max, log sum exp(x - max)), row_loss [N] (cross-entropy; meaningless on ignored
     rows), predicted [N] int64, chunk_lse [N, ceil(V / 128)] (of logits / temperature, the target excluded under
     disallow_correct)), float32, written into `out` (those four, contiguous) when given. `config` overrides
@@ -184,6 +195,7 @@ def fold_rows(logits, bias, targets, *, ignore_index, temperature, disallow_corr
     n_chunks = triton.cdiv(v, configs.CHUNK)
     dev = logits.device
     _check_rows(logits, bias, targets)
+    logits = _adjacent_columns(logits)
     shapes = {"stats": ((n, 2), torch.float32), "row_loss": ((n,), torch.float32),
               "predicted": ((n,), torch.int64), "chunk_lse": ((n, n_chunks), torch.float32)}
     if out is None:
@@ -196,14 +208,14 @@ def fold_rows(logits, bias, targets, *, ignore_index, temperature, disallow_corr
         return out
     meta = config or configs.fold_rows(interpret)
     _fold_rows_kernel[(triton.cdiv(n, meta["BLOCK_N"]),)](
-        logits, *logits.stride(), bias if bias is not None else logits, targets, *out, n, v, n_chunks, ignore_index,
+        logits, logits.stride(0), bias if bias is not None else logits, targets, *out, n, v, n_chunks, ignore_index,
         temperature, HAS_BIAS=bias is not None, DISALLOW=disallow_correct, UNIT_TEMPERATURE=temperature == 1.0,
         **meta)
     return out
 
 
 @triton.jit
-def _softmax_grad_kernel(logits_ptr, stride_n, stride_v, bias_ptr, targets_ptr, stats_ptr, scale_ptr, grad_ptr,
+def _softmax_grad_kernel(logits_ptr, stride_n, bias_ptr, targets_ptr, stats_ptr, scale_ptr, grad_ptr,
                          stride_g, column_sums_ptr, N, V, rows_per_program, HAS_BIAS: tl.constexpr,
                          BIAS_GRAD: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_V: tl.constexpr):
@@ -223,11 +235,11 @@ def _softmax_grad_kernel(logits_ptr, stride_n, stride_v, bias_ptr, targets_ptr, 
         rows = tl.minimum(r0 + tl.arange(0, BLOCK_N), end - 1).to(tl.int64)
         # Rows past `end` repeat the last one with scale 0: nothing stored, nothing summed.
         scale = tl.where(rows_ok, tl.load(scale_ptr + rows), 0.0)
-        offset = (tl.load(stats_ptr + rows * 2) + tl.load(stats_ptr + rows * 2 + 1)) * LOG2E
+        row_max, log_sum = tl.load(stats_ptr + rows * 2), tl.load(stats_ptr + rows * 2 + 1)
         # The target's place in this program's columns, compared in 32 bits (-1: elsewhere, ignored rows too).
         target_lane = tl.load(targets_ptr + rows) - cols_start
         target_lane = tl.where((target_lane >= 0) & (target_lane < BLOCK_V), target_lane, -1).to(tl.int32)
-        pointers = logits_ptr + rows[:, None] * stride_n + cols[None, :] * stride_v
+        pointers = logits_ptr + rows[:, None] * stride_n + cols[None, :]
         # The bias is read again at every step, from cache: held in registers it would cost a register per id.
         if MASKED:
             x = tl.load(pointers, mask=col_ok[None, :], other=0.0).to(tl.float32)
@@ -237,7 +249,7 @@ def _softmax_grad_kernel(logits_ptr, stride_n, stride_v, bias_ptr, targets_ptr, 
             x = tl.load(pointers).to(tl.float32)
             if HAS_BIAS:
                 x += tl.load(bias_ptr + cols[None, :]).to(tl.float32)
-        p = tl.exp2(x * LOG2E - offset[:, None])
+        p = tl.exp2((x - row_max[:, None]) * LOG2E - (log_sum * LOG2E)[:, None])  # the difference first (fold)
         g = p * scale[:, None] - tl.where(tl.arange(0, BLOCK_V)[None, :] == target_lane[:, None], scale[:, None], 0.0)
         g = tl.where(scale[:, None] != 0, g, 0.0)  # exactly 0 on ignored rows, NaN logits included
         if MASKED:
@@ -262,15 +274,16 @@ def column_sum_rows(v: int, device: torch.device, interpret: bool = False) -> in
 def softmax_grad(logits, bias, targets, stats, row_scale, *, out=None, column_sums=None, interpret=False,
                  config=None):
     """d loss / d logits [N, V] = (softmax - onehot(target)) * row_scale, exactly 0 on rows with scale 0.
-    logits [N, V] (+ bias [V] contiguous | None), targets [N] int64, stats [N, 2] and row_scale [N] float32, all
-    but logits contiguous. Written into `out` ([N, V] with unit column stride, any float dtype), else a new
-    float32 tensor, which is returned. With `column_sums` ([P, V] float32, contiguous; P from `column_sum_rows`),
+    logits [N, V] (any strides, as for `fold_rows`) + bias [V] contiguous | None, targets [N] int64, stats [N, 2]
+    and row_scale [N] float32, all but logits contiguous. Written into `out` ([N, V] with unit column stride, any
+    float dtype), else a new float32 tensor, which is returned. With `column_sums` ([P, V] float32, contiguous; P from `column_sum_rows`),
     the gradient's column sums are added to it, program p down the rows adding its part to row p: summed over P,
     d bias (in float32, before the gradient's rounding to its dtype); a chunked caller adds chunk after chunk to
     the same buffer and sums it once."""
     n, v = logits.shape
     dev = logits.device
     _check_rows(logits, bias, targets)
+    logits = _adjacent_columns(logits)
     require("stats", stats, device=dev, dtypes=(torch.float32,), contiguous=True, shape=(n, 2))
     require("row_scale", row_scale, device=dev, dtypes=(torch.float32,), contiguous=True, shape=(n,))
     require("out", out, device=dev, dtypes=KERNEL_FLOATS, shape=(n, v), optional=True)
@@ -291,7 +304,7 @@ def softmax_grad(logits, bias, targets, stats, row_scale, *, out=None, column_su
     for programs, masked in ((full, False), (int(ragged), True)):
         if programs:
             _softmax_grad_kernel[(programs, row_programs)](
-                logits, *logits.stride(), bias if bias is not None else logits, targets, stats, row_scale, grad,
+                logits, logits.stride(0), bias if bias is not None else logits, targets, stats, row_scale, grad,
                 grad.stride(0), column_sums if column_sums is not None else stats, n, v, rows_per_program,
                 HAS_BIAS=bias is not None, BIAS_GRAD=column_sums is not None, MASKED=masked, **meta)
     return grad

@@ -43,6 +43,17 @@ def test_import_kernels_from_the_root_fails_where_no_other_is_installed():
     assert "ModuleNotFoundError: No module named 'kernels'" in done.stderr
 
 
+def test_two_checkouts_on_the_path_do_not_find_each_other(tmp_path):
+    # A second clone (or worktree) whose root is on PYTHONPATH: each kernels/ must step aside for the other too.
+    for part in ("setup.py", "electra_fast/__init__.py", "kernels/__init__.py"):
+        (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(ROOT, part)) as source:
+            (tmp_path / part).write_text(source.read())
+    done = subprocess.run([sys.executable, "-S", "-c", "import kernels"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**ENV, "PYTHONPATH": ROOT})
+    assert done.returncode == 1 and "ModuleNotFoundError: No module named 'kernels'" in done.stderr, done.stderr[-500:]
+
+
 def test_electra_fast_kernels_import_from_the_root():
     pytest.importorskip("triton")
     done = _run("-c", "import electra_fast.kernels.generator_head as g, electra_fast._C; print(g.__name__)")

@@ -287,12 +287,31 @@ def test_the_head_is_captured_in_a_cuda_graph_with_an_int_seed_or_none(seed):
 
 
 @pytest.mark.gpu
-def test_triton_launches_run_under_the_inputs_device_guard():
+def test_triton_launches_run_under_the_inputs_device_guard(monkeypatch):
     pytest.importorskip("triton")
     from electra_fast.backends import triton_backend
 
-    guard = triton_backend.device_guard(torch.device("cuda", 1))
-    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert triton_backend.device_guard(torch.device("cuda", 1)).idx == 1  # a CUDA device's own guard
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not interpreted("triton"):
+        pytest.skip("the triton backend runs CUDA tensors, or CPU tensors under the interpreter")
+    guarded = []
+    real_guard = triton_backend.device_guard
+    monkeypatch.setattr(triton_backend, "device_guard", lambda d: guarded.append(d) or real_guard(d))
+    hidden, weight, bias, targets = head_inputs(5, 16, 300, device=device)
+    with electra_fast.use_backend("triton"):
+        weight.requires_grad_()
+        loss, sampled, _ = electra_fast.generator_loss_and_sample(hidden, weight, bias, targets, seed=1,
+                                                                  reduction="none")  # backward recomputes
+        loss.sum().backward()
+        logits = (hidden @ weight.T).detach().requires_grad_()
+        electra_fast.sample_logits(logits, targets, seed=1)[0].backward()
+        ids = targets[None, :].clone()
+        positions, new = torch.tensor([0, 3], device=device), torch.tensor([1, 2], device=device)
+        replaced = electra_fast.replace_(ids, positions, new)
+        electra_fast.rtd_loss(torch.randn(1, 5, device=device), replaced)
+    # Every backend entry: the head's and sample_logits' forward and backward, replace_ and rtd_loss.
+    assert guarded == [device] * 6, guarded
 
 
 @pytest.mark.gpu
