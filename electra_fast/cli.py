@@ -3,6 +3,7 @@ glue (SPEC §6a)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
@@ -76,11 +77,7 @@ def plot(args) -> int:
     return plotting.main(args)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    b = sub.add_parser("bench", help="tokens/sec of the ELECTRA step and per-op times against PyTorch baselines")
+def _bench_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--preset", default="small", choices=["small", "base", "large"])
     b.add_argument("--batch-size", type=int, default=None,
                    help="default: 128 on CUDA (ELECTRA-Small's real batch), 8 on the CPU")
@@ -102,46 +99,57 @@ def main(argv=None) -> int:
     b.add_argument("--json", metavar="PATH")
     b.add_argument("--plot", metavar="PATH", help="PNG bar chart (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
-    b.set_defaults(fn=bench)
 
-    c = sub.add_parser("check", help="run the numerics checks on the device present; prints a pass/fail table")
+
+def _check_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--device", default=None)
-    c.set_defaults(fn=check)
 
-    d = sub.add_parser("prepare", help="stream a corpus of any size into memory-mapped token shards (pretrain --data)")
-    from .prepare import add_arguments as add_prepare_arguments
 
-    add_prepare_arguments(d)
-    d.set_defaults(fn=prepare)
+def _arguments_of(module: str, function: str):
+    """The subcommand's argument definitions, `function` of `electra_fast.<module>`, imported when called."""
+    def define(p: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(f"{__package__}.{module}"), function)(p)
 
-    p = sub.add_parser("pretrain", help="pretrain ELECTRA on a text corpus (default: one shipped with Python)")
-    from .trainer import add_arguments
+    return define
 
-    add_arguments(p)
-    p.set_defaults(fn=pretrain)
 
-    f = sub.add_parser("finetune", help="fine-tune a pretrained discriminator (or an ELECTRA/BERT folder) on "
-                                        "classification, token classification or question answering")
-    from .finetune.cli import add_arguments as add_finetune_arguments
+# name -> (help, the function that adds its arguments to its parser, the function that runs it). Only the
+# subcommand being run has its arguments defined, so only its modules are imported: `check` and `bench` need
+# neither the data and pretraining modules nor what they import (safetensors, tokenizers).
+COMMANDS = {
+    "bench": ("tokens/sec of the ELECTRA step and per-op times against PyTorch baselines", _bench_arguments, bench),
+    "check": ("run the numerics checks on the device present; prints a pass/fail table", _check_arguments, check),
+    "prepare": ("stream a corpus of any size into memory-mapped token shards (pretrain --data)",
+                _arguments_of("prepare", "add_arguments"), prepare),
+    "pretrain": ("pretrain ELECTRA on a text corpus (default: one shipped with Python)",
+                 _arguments_of("trainer", "add_arguments"), pretrain),
+    "finetune": ("fine-tune a pretrained discriminator (or an ELECTRA/BERT folder) on classification, token "
+                 "classification or question answering", _arguments_of("finetune.cli", "add_arguments"), finetune),
+    "glue": ("fine-tune on the eight GLUE tasks of the ELECTRA paper (GLUE's folder as distributed) and print its "
+             "score table", _arguments_of("finetune.cli", "add_glue_arguments"), glue),
+    "plot": ("the metrics of several runs' log.jsonl in one figure, against steps, tokens or FLOPs",
+             _arguments_of("plot", "add_arguments"), plot),
+}
 
-    add_finetune_arguments(f)
-    f.set_defaults(fn=finetune)
 
-    g = sub.add_parser("glue", help="fine-tune on the eight GLUE tasks of the ELECTRA paper (GLUE's folder as "
-                                    "distributed) and print its score table")
-    from .finetune.cli import add_glue_arguments
+def build_parser(argv: list) -> argparse.ArgumentParser:
+    """The parser of `electra-fast`, every subcommand listed, the arguments defined of the one that argv (the
+    arguments, without the program) names: its first argument that is not an option (the top-level parser has
+    only --help). `electra-fast --help` imports no subcommand's module."""
+    parser = argparse.ArgumentParser(prog="electra-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    named = next((str(arg) for arg in argv if not str(arg).startswith("-")), None)
+    for name, (help_text, define_arguments, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == named:
+            define_arguments(p)
+        p.set_defaults(fn=run)
+    return parser
 
-    add_glue_arguments(g)
-    g.set_defaults(fn=glue)
 
-    q = sub.add_parser("plot", help="the metrics of several runs' log.jsonl in one figure, against steps, tokens or "
-                                    "FLOPs")
-    from .plot import add_arguments as add_plot_arguments
-
-    add_plot_arguments(q)
-    q.set_defaults(fn=plot)
-
-    args = parser.parse_args(argv)
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     return args.fn(args)
 
 

@@ -2,6 +2,10 @@
 kernel that cannot launch is a FAIL row with its reason, not a crash. Each limit is shown to fail a deliberately
 wrong kernel (monkeypatched at a backend's or a kernel module's seam) that the right kernel passes, on small
 shapes."""
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,6 +150,39 @@ def test_a_bfloat16_loss_from_bfloat16_logits_fails(monkeypatch):
     assert set(_verdicts(check.head_checks(CPU, torch.float32, "t", N, H, vocab=V)).values()) == {"PASS"}
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("bug", [None, "row losses 5e-6 high", "losses of float16-rounded logits"])
+def test_a_float32_loss_a_few_millionths_off_fails(triton_device, monkeypatch, bug):
+    # The Triton head's fold, wrong in its row losses only (its statistics, and so the gradients and the samples,
+    # stay right): 5e-6 high, within the old float32 limit of 1e-5 and SPEC's; or folded from the float32 logits
+    # rounded to float16, as a head that keeps half-precision logits would.
+    from electra_fast.kernels import generator_head
+
+    real = generator_head.fold_rows
+
+    def wrong_fold(logits, bias, targets, **kwargs):
+        stats, row_loss, predicted, chunk_lse = real(logits, bias, targets, **kwargs)
+        if bug == "row losses 5e-6 high":
+            row_loss.mul_(1 + 5e-6)
+        elif bug is not None:
+            rounded = real(logits.half().float(), bias, targets, **{**kwargs, "out": None})
+            row_loss.copy_(rounded[1])
+        return stats, row_loss, predicted, chunk_lse
+
+    monkeypatch.setattr(generator_head, "fold_rows", wrong_fold)
+    results = {r.check[len("head t "):]: r for r in check.head_checks(triton_device, torch.float32, "t", 160, 16,
+                                                                      vocab=1100)}
+    losses = [results.pop(q) for q in ("loss", "row losses")]
+    assert {r.verdict for r in results.values()} == {"PASS"}, results
+    assert all(r.limit == check.LOSS_LIMIT == 2e-6 for r in losses)
+    if bug is None:
+        assert [r.verdict for r in losses] == ["PASS", "PASS"], losses
+    else:
+        assert [r.verdict for r in losses] == ["FAIL", "FAIL"], losses
+    if bug == "row losses 5e-6 high":
+        assert all(r.value < 1e-5 for r in losses), losses  # what the old limit let pass
+
+
 def test_the_chunked_budget_gives_several_chunks_and_a_shorter_last():
     from electra_fast.kernels.configs import head_chunk_rows
 
@@ -268,7 +305,8 @@ WIDE = dict(boundary=2**14, vocab=300, rows_past=16)  # the N x V >= 2^31 case w
 
 def test_rows_past_the_boundary_are_compared():
     results = check.wide_logits_checks(CPU, **WIDE)
-    assert [r.check.split(": ")[1] for r in results] == ["row losses", "d logits", "argmax", "samples"]
+    assert [r.check.split(": ")[1] for r in results] == ["row losses", "d logits", "d logits softmax part",
+                                                         "argmax", "samples"]
     assert all(r.verdict == "PASS" for r in results), results
     assert (2**14 // 300 + 16) * 300 > 2**14 and "17 rows compared" in results[-1].note
 
@@ -285,7 +323,25 @@ def test_offsets_that_wrap_at_the_boundary_fail(monkeypatch):
     monkeypatch.setattr(cpp_backend, "logits_forward", lambda logits, *a: real_forward(wrapped(logits), *a))
     monkeypatch.setattr(cpp_backend, "logits_backward", lambda g, logits, *a: real_backward(g, wrapped(logits), *a))
     results = check.wide_logits_checks(CPU, **WIDE)
-    assert [r.verdict for r in results] == ["FAIL"] * 4, results
+    assert [r.verdict for r in results] == ["FAIL"] * 5, results
+
+
+def test_a_softmax_part_too_large_past_the_boundary_fails(monkeypatch):
+    # d logits whose softmax part is 15 % too large (the one-hot right). At BERT's vocabulary the one-hot dominates
+    # the whole gradient's norm, which moves by well under its limit: only the softmax part's own row sees it.
+    real = cpp_backend.logits_backward
+
+    def softmax_too_large(grad_loss, logits, targets, stats, ignore_index, reduction):
+        grad = real(grad_loss, logits, targets, stats, ignore_index, reduction)
+        scale = grad_loss.float() * (targets != ignore_index)  # reduction "none": d loss / d row loss per row
+        return grad + 0.15 * scale[:, None] * torch.softmax(logits.float(), -1)
+
+    monkeypatch.setattr(cpp_backend, "logits_backward", softmax_too_large)
+    results = {r.check.split(": ")[1]: r for r in check.wide_logits_checks(CPU, boundary=2**20, vocab=30522,
+                                                                           rows_past=16)}
+    assert results.pop("d logits softmax part").verdict == "FAIL"
+    assert results["d logits"].value < results["d logits"].limit  # the whole gradient cannot see it
+    assert {r.verdict for r in results.values()} == {"PASS"}, results
 
 
 def test_the_wide_case_is_a_skip_where_it_cannot_run(monkeypatch):
@@ -327,3 +383,31 @@ def test_a_kernel_that_cannot_launch_is_a_fail_row(small_cli, monkeypatch, capsy
     assert check.main("cpu") == 1
     out = capsys.readouterr().out
     assert "FAIL  RuntimeError: out of resource: shared memory" in out and "3 failed, 2 skipped" in out
+
+
+def test_check_and_bench_parse_without_the_data_and_pretraining_packages(tmp_path):
+    # `electra-fast check` on a machine without safetensors or tokenizers (a module set to None in sys.modules
+    # fails to import): the parser of check and bench, and `check --help`, import neither.
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["safetensors"] = None
+        sys.modules["tokenizers"] = None
+        from electra_fast import cli
+        try:
+            cli.main(["check", "--help"])
+        except SystemExit as exit:
+            assert exit.code == 0, exit.code
+        args = cli.build_parser(["check", "--device", "cpu"]).parse_args(["check", "--device", "cpu"])
+        assert (args.command, args.device, args.fn) == ("check", "cpu", cli.check), args
+        args = cli.build_parser(["bench", "--quiet"]).parse_args(["bench", "--quiet"])
+        assert (args.command, args.quiet, args.fn) == ("bench", True, cli.bench), args
+        import electra_fast.check  # what `check` runs
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "usage: electra-fast check [-h] [--device DEVICE]" in done.stdout
+    # The packages are really blocked: `prepare`, whose modules import them, fails on safetensors.
+    done = subprocess.run([sys.executable, "-c", code.split("from electra_fast import cli")[0] +
+                           "from electra_fast import cli\ncli.main(['prepare', '--help'])"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0 and "safetensors" in done.stderr, done.stderr[-3000:]

@@ -1,14 +1,18 @@
 """bench/gpu_check.py without a GPU: its dry run end to end (every phase on the CPU with tiny sizes), and the parts
-that could pass a run falsely or lose its evidence: a phase past its budget, a phase left no time, the per-test
-timeout, the `gpu` marker and the shards of tests/conftest.py, the bounded logs, the budgets against the deadline."""
+that could pass a run falsely or lose its evidence: a phase past its budget, a phase left no time, a phase missing
+a package, the time phases lend the later ones, the selection of the gpu tests past modules that fail to import, a
+benchmark stopped in its compile, the per-test timeout, the `gpu` marker and the shards of tests/conftest.py, the
+bounded logs and their readers, the budgets against the deadline."""
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -71,7 +75,17 @@ def test_dry_run_passes_every_phase_into_a_small_out_folder(tmp_path):
     assert "passed" in results["phases"][0]["detail"]
     summary = (out / "summary.txt").read_text()
     assert summary.rstrip().endswith("VERDICT: PASS") and summary.count(" PASS ") == len(names)
-    assert "PASSED" in (out / "tests.log").read_text() and "PASS" in (out / "check.log").read_text()
+    assert "no compile row" not in summary  # every benchmark's second pass, with torch.compile, ended
+    tests_log = (out / "tests.log").read_text()
+    assert "PASSED" in tests_log and "PASS" in (out / "check.log").read_text()
+    # The dry run collected the real selection of tests/, every module imported, and ran its modules' part of it.
+    selected = re.search(r"^\[select\] selected (\d+) gpu tests in (\d+) files; running (\d+) \(the dry run's: "
+                         r"test_rtd_loss.py\) in 2 shards$", tests_log, re.M)
+    assert selected, tests_log[:3000]
+    total, files, ran = map(int, selected.groups())
+    assert total > ran > 0 and files > 1 and "(collection)" not in tests_log
+    assert re.search(rf"^shards: {ran} passed;", tests_log, re.M), tests_log[-3000:]
+    assert results["environment"]["missing"] == "none"
 
 
 def test_the_gpu_budgets_add_up_to_less_than_the_deadline_within_eight_minutes():
@@ -80,6 +94,170 @@ def test_the_gpu_budgets_add_up_to_less_than_the_deadline_within_eight_minutes()
         gpu_check.budget_table(phases, gpu_check.DEADLINE_S["gpu"]))
     assert sum(rows.values()) == printed_sum and printed_sum + grace == with_grace < deadline <= 480
     assert [p.name for p in phases][:2] == ["tests", "check"] and len(phases) == 2 + len(gpu_check.BENCHMARKS)
+
+
+def test_a_phase_may_use_what_the_earlier_ones_left_but_never_the_later_ones_budgets(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "GRACE_S", 1)
+    monkeypatch.setattr(gpu_check, "MIN_PHASE_S", 2)
+    phases = [_phase("quick", "pass", 10),  # leaves ~10 s unused
+              _phase("slow", "import time; time.sleep(5)", 3),  # past its budget, within what "quick" left
+              _phase("hangs", "import time; time.sleep(300)", 3),  # stopped: it may not take what "last" needs
+              _phase("last", "print('last ran')", 4)]
+    deadline_s = sum(p.budget_s + 1 for p in phases) + 1
+    started = time.monotonic()
+    code = gpu_check.run_all(phases, started + deadline_s, str(tmp_path), {"mode": "test"})
+    results = json.loads((tmp_path / gpu_check.RESULTS).read_text())["phases"]
+    assert code == 1 and [p["status"] for p in results] == ["pass", "pass", "timeout", "pass"], results
+    assert results[2]["seconds"] > 3 + 4  # its budget and most of what the first two left
+    assert time.monotonic() - started < deadline_s + 2
+    assert "last ran" in (tmp_path / "last.log").read_text()
+
+
+def test_a_missing_package_fails_its_phase_up_front_by_name(tmp_path, capsys):
+    needy = _phase("needy", "print('ran')", 30)
+    needy.needs = ("torch", "no_such_package_for_gpu_check")
+    fine = _phase("fine", "print('ran')", 30)
+    assert gpu_check.missing_packages([needy, fine])[0] == {"no_such_package_for_gpu_check": ["needy"]}
+    code = gpu_check.run_all([needy, fine], time.monotonic() + 60, str(tmp_path), {"mode": "test"})
+    results = json.loads((tmp_path / gpu_check.RESULTS).read_text())
+    assert code == 1 and [p["status"] for p in results["phases"]] == ["missing", "pass"]
+    assert results["phases"][0]["failures"] == ["missing Python package 'no_such_package_for_gpu_check': this "
+                                                "phase needs it"]
+    assert re.search(r"^needy\s+FAIL \(missing pkg\)\s+0\s+30  not run: no Python package "
+                     r"no_such_package_for_gpu_check$", (tmp_path / gpu_check.SUMMARY).read_text(), re.M)
+    assert not (tmp_path / "needy.log").exists()  # not started
+    assert "needy: FAIL, missing Python package no_such_package_for_gpu_check" in capsys.readouterr().out
+    assert gpu_check.package_present("json") and not gpu_check.package_present("no_such_package_for_gpu_check")
+
+
+def _tests_tree(root):
+    """A checkout's tests/ in miniature: a module that cannot import (a package this machine lacks), gpu tests in
+    a subfolder, a module without any."""
+    (root / "tests" / "ops").mkdir(parents=True)
+    (root / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: the CUDA paths\n")
+    (root / "tests" / "pretrain").mkdir()
+    shutil.copy(CONFTEST, root / "tests" / "conftest.py")
+    (root / "tests" / "test_needs_seqeval.py").write_text(textwrap.dedent("""
+        import pytest
+        import no_such_package_for_gpu_check
+
+        @pytest.mark.gpu
+        def test_hidden():
+            pass
+        """))
+    (root / "tests" / "ops" / "test_kernels.py").write_text(textwrap.dedent("""
+        import pytest
+
+        def test_kernel(target):
+            pass
+
+        @pytest.mark.gpu
+        def test_marked():
+            pass
+
+        @pytest.mark.gpu
+        def test_marked_too():
+            pass
+
+        def test_plain():
+            pass
+        """))
+    (root / "tests" / "pretrain" / "test_loop.py").write_text("def test_loop():\n    pass\n")
+
+
+def test_a_module_that_cannot_import_is_named_and_the_gpu_tests_still_run(tmp_path):
+    pytest.importorskip("triton")
+    tree, out = tmp_path / "checkout", tmp_path / "out"
+    _tests_tree(tree)
+    out.mkdir()
+    (tests,) = [p for p in gpu_check.plan(dry_run=False) if p.name == "tests"]
+    tests.argv += ["--test-shards", "2", "--tests-dir", "tests"]  # the last --test-shards wins: 2 on this CPU
+    tests.cwd, tests.budget_s = str(tree), 200
+    code = gpu_check.run_all([tests], time.monotonic() + 250, str(out), {"mode": "test"})
+    (result,) = json.loads((out / gpu_check.RESULTS).read_text())["phases"]
+    log = (out / "tests.log").read_text()
+    assert code == 1 and result["status"] == "fail", log[-3000:]
+    assert result["failures"] == ["[select] FAILED NOW tests/test_needs_seqeval.py (collection): "
+                                  "ModuleNotFoundError: No module named 'no_such_package_for_gpu_check'"], log
+    assert "[select] selected 3 gpu tests in 1 files; running 3 in 2 shards" in log
+    assert re.search(r"^shards: 3 passed; 1/2 exit 0: .*; 2/2 exit 0: ", log, re.M), log[-3000:]
+    for name in ("test_kernel[triton]", "test_marked", "test_marked_too"):
+        assert re.search(rf"^\[\d/2\] tests/ops/test_kernels.py::{re.escape(name)} PASSED", log, re.M), log
+
+
+def test_no_gpu_test_fails_and_one_takes_one_shard(tmp_path):
+    (tmp_path / "tests").mkdir()
+    shutil.copy(CONFTEST, tmp_path / "tests" / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: the CUDA paths\n")
+    (tmp_path / "tests" / "test_cpu.py").write_text("import pytest\n\ndef test_cpu():\n    pass\n")
+    argv = [sys.executable, SCRIPT, "--test-shards", "4", "--tests-dir", "tests"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 1 and "[select] FAILED NOW tests: no test marked gpu selected" in done.stdout
+    # one gpu test: one shard (an empty shard is a failure: pytest's "no tests ran")
+    (tmp_path / "tests" / "test_cpu.py").write_text("import pytest\n\n@pytest.mark.gpu\ndef test_gpu():\n    pass\n")
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "running 1 in 1 shards" in done.stdout and re.search(r"^shards: 1 passed; 1/1 exit 0", done.stdout, re.M)
+
+
+def test_shards_that_pass_fewer_tests_than_were_selected_fail(tmp_path):
+    # A conftest that drops tests only where --shard is given: the shards pass, having run fewer than selected.
+    (tmp_path / "tests" / "sub").mkdir(parents=True)
+    shutil.copy(CONFTEST, tmp_path / "tests" / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: the CUDA paths\n")
+    (tmp_path / "tests" / "sub" / "conftest.py").write_text(textwrap.dedent("""
+        def pytest_collection_modifyitems(config, items):
+            if config.getoption("shard"):
+                items[:] = items[:1]
+        """))
+    (tmp_path / "tests" / "sub" / "test_two.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.gpu
+        def test_one():
+            pass
+
+        @pytest.mark.gpu
+        def test_two():
+            pass
+        """))
+    done = subprocess.run([sys.executable, SCRIPT, "--test-shards", "1", "--tests-dir", "tests"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=200)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "[select] FAILED NOW the shards ran 1 of the 2 tests selected" in done.stdout
+
+
+def test_a_benchmark_stopped_in_its_compile_keeps_electra_fast_rows(tmp_path):
+    # torch.compile that never finishes compiling: the second pass of the head part hangs; the first pass, without
+    # the compile baseline, was saved.
+    child = _phase("head Small bf16", f"""
+        import importlib.util, sys, time
+        spec = importlib.util.spec_from_file_location("gpu_check", {SCRIPT!r})
+        gpu_check = importlib.util.module_from_spec(spec)
+        sys.modules["gpu_check"] = gpu_check
+        spec.loader.exec_module(gpu_check)
+
+        def compiles_forever(model=None, **kwargs):
+            def compiled(*args, **kwargs):
+                print("compiling", flush=True)
+                time.sleep(600)
+            return compiled
+
+        gpu_check.eager_compile = compiles_forever
+        sys.exit(gpu_check.benchmark_child("head Small bf16", {gpu_check.REPORT!r}, dry_run=True))
+        """, budget_s=20, report=gpu_check.REPORT)
+    code = gpu_check.run_all([child], time.monotonic() + 60, str(tmp_path), {"mode": "test"})
+    results = json.loads((tmp_path / gpu_check.RESULTS).read_text())
+    assert code == 1 and results["phases"][0]["status"] == "timeout"
+    assert "compiling" in (tmp_path / "head Small bf16.log").read_text()
+    report = results["reports"]["head Small bf16"]
+    variants = {(r["table"], r["variant"]) for r in report["rows"]}
+    assert {("head fwd+bwd", "electra-fast"), ("head fwd+bwd", "eager"), ("head fwd", "electra-fast")} <= variants
+    assert not any(variant == "compile" for _, variant in variants)
+    assert report["notes"]["compile_pending"] == ["head fwd", "head fwd+bwd"]
+    summary = (tmp_path / gpu_check.SUMMARY).read_text()
+    assert re.search(r"^head Small bf16\s+head fwd\+bwd\s+electra-fast\s+[0-9.]+ ", summary, re.M), summary
+    assert "no compile row in head fwd, head fwd+bwd: stopped before torch.compile's pass ended" in summary
 
 
 def test_budgets_over_the_deadline_are_refused():
@@ -128,6 +306,36 @@ def test_a_phase_past_its_budget_fails_is_stopped_politely_with_its_group_and_it
         time.sleep(0.1)
         waited += 0.1
     assert _gone_or_zombie(grandchild), "the phase's process group outlived it"
+
+
+def test_a_phase_ends_with_its_reader_even_when_a_stray_process_holds_its_output(tmp_path):
+    # The phase starts a process in a session of its own (out of its group: the stop does not reach it) that keeps
+    # printing to the phase's output. The next phase writes the same log: no reader of the first may be left.
+    log = tmp_path / "shared.log"
+    stray = _phase("stray", """
+        import subprocess, sys
+        ticks = "import time\\nfor i in range(600):\\n    print('tick', i, flush=True)\\n    time.sleep(0.05)"
+        child = subprocess.Popen([sys.executable, "-c", ticks], start_new_session=True)
+        print("stray", child.pid, flush=True)
+        """, budget_s=30)
+    stray.log = next_phase_log = log.name
+    pid = None
+    try:
+        gpu_check.run_phase(stray, 30, str(tmp_path))
+        pid = int(re.search(r"^stray (\d+)$", log.read_text(), re.M).group(1))
+        assert not [t for t in threading.enumerate() if t.name.startswith("gpu_check reader")]
+        size = log.stat().st_size
+        time.sleep(0.5)
+        assert log.stat().st_size == size  # nothing read after the phase returned
+        following = _phase("next", "print('next phase')", budget_s=30)
+        following.log = next_phase_log
+        assert gpu_check.run_phase(following, 30, str(tmp_path))["status"] == "pass"
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "(a process outside the phase's group still held its output: no longer read)" in text
+    assert re.search(r"^===== stray: pass in .*\n(.*\n)*^next phase\n===== next: pass in ", text, re.M), text[-2000:]
 
 
 def test_a_phase_left_no_time_fails_the_run_and_the_results_are_written_after_each_phase(tmp_path, monkeypatch,
