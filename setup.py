@@ -3,14 +3,14 @@ C++ CPU kernels (electra_fast._C, pybind11 + OpenMP, no libtorch link so one bui
 import os
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # Set ELECTRA_FAST_PORTABLE=1 to build without -march=native (for a wheel that runs on other CPUs).
 arch = [] if os.environ.get("ELECTRA_FAST_PORTABLE") == "1" else ["-march=native"]
 
 setup(
-    packages=["electra_fast", "electra_fast.backends", "electra_fast.benchmark", "electra_fast.finetune",
-              "electra_fast.kernels"],
+    # Every package under electra_fast/, and the top-level kernels/ folder shipped as electra_fast.kernels.
+    packages=find_packages(include=["electra_fast", "electra_fast.*"]) + ["electra_fast.kernels"],
     package_dir={"electra_fast": "electra_fast", "electra_fast.kernels": "kernels"},
     ext_modules=[
         Pybind11Extension(

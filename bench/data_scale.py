@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from electra_fast.prepare import byte_count
+from electra_fast.data.prepare import byte_count
 
 GPU_TOKENS_PER_S = 1_000_000
 TINY_MODEL = ["--num-layers", "2", "--batch-size", "8", "--eval-every", "0", "--save-every", "1000"]
@@ -81,7 +81,7 @@ def throughput(text_path: str, tokenizer_dir: str, workers: int, repeats: int, s
     """MB/s of tokenizers alone and of prepare on the same text, interleaved."""
     from tokenizers import Tokenizer
 
-    from electra_fast import prepare
+    from electra_fast.data import prepare
 
     with open(text_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -114,7 +114,7 @@ def throughput(text_path: str, tokenizer_dir: str, workers: int, repeats: int, s
 
 def data_startup_ms(data_dir: str) -> float:
     """Milliseconds from opening prepared data to holding the first 128 x 128 training batch (in this process)."""
-    from electra_fast import data
+    from electra_fast.data import shards as data
 
     began = time.perf_counter()
     tokens = data.TokenData(data_dir)
@@ -126,7 +126,7 @@ def data_startup_ms(data_dir: str) -> float:
 def batch_cost(data_dir: str, batches: int = 200) -> dict:
     """Microseconds per 128 x 128 batch: the gather, and the training loop's wait behind the prefetching thread
     while each step lasts as long as at GPU_TOKENS_PER_S."""
-    from electra_fast import data
+    from electra_fast.data import shards as data
 
     tokens = data.TokenData(data_dir)
     windows = tokens.windows(128, valid_sequences=min(1000, tokens.windows(128).count // 100))
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from electra_fast import data
+    from electra_fast.data import shards as data
 
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),

@@ -28,9 +28,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from electra_fast import ElectraPretrainer, hf_encoders, mask_tokens
+from electra_fast import ElectraPretrainer, mask_tokens
+from electra_fast.hf import encoders
 from electra_fast.benchmark import peak_memory_mb
-from electra_fast.benchmark.heads import gumbel_sample
+from electra_fast.benchmark.baselines import gumbel_sample
 from electra_fast.benchmark.report import environment
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
@@ -109,7 +110,7 @@ def peak_in_fresh_process(family: str, variant: str, argv: list[str]) -> float |
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--families", nargs="+", default=list(hf_encoders.FAMILIES), choices=hf_encoders.FAMILIES)
+    p.add_argument("--families", nargs="+", default=list(encoders.FAMILIES), choices=encoders.FAMILIES)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=30522)

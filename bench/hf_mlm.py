@@ -15,8 +15,8 @@ state, which are the same for every variant (AdamW's own temporaries, the same t
 "head MB" is the extra above the floor's: the head's own. HF eager is skipped, with the reason, where its logits
 alone would pass --eager-logits-gb.
 
-    python bench/hf_mlm.py                                  # every family, 8 x 128 and 16 x 512
-    python bench/hf_mlm.py --families xlm-roberta --batches 8x128
+    python bench/masked_lm.py                                  # every family, 8 x 128 and 16 x 512
+    python bench/masked_lm.py --families xlm-roberta --batches 8x128
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import electra_fast
-from electra_fast import hf_encoders, hf_mlm
+from electra_fast.hf import encoders as hf_encoders, masked_lm
 from electra_fast.benchmark import peak_memory_mb
 from electra_fast.benchmark.report import environment
 from hf_families import time_steps
@@ -70,8 +70,8 @@ def labelled_rows(model, ids, mask, labels):
     [V, E], bias [V] or None), as a user gathers them."""
     hidden = model.base_model(input_ids=ids, attention_mask=mask)[0]
     keep = labels.view(-1) != -100
-    transform = hf_mlm.mlm_head(model)[0]
-    weight, bias = hf_mlm.output_weights(model)
+    transform = masked_lm.mlm_head(model)[0]
+    weight, bias = masked_lm.output_weights(model)
     return transform(hidden.reshape(-1, hidden.shape[-1])[keep]), labels.view(-1)[keep], weight, bias
 
 

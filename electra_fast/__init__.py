@@ -7,11 +7,11 @@ import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 # `electra_fast.kernels`. Submodules are then looked for in the installed copy too (an editable install needs none).
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
-from .api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
-from .masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
-from .settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
-from .hf_mlm import patch_masked_lm, unpatch_masked_lm
-from .pretrainer import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
+from .ops.api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
+from .ops.masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
+from .ops.settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
+from .hf.masked_lm import patch_masked_lm, unpatch_masked_lm
+from .pretrain.objectives import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 from . import models  # noqa: E402
 
 __version__ = "0.1.0"

@@ -42,19 +42,19 @@ def bench(args) -> int:
 
 
 def check(args) -> int:
-    from . import check as checks
+    from .ops import numerics as checks
 
     return checks.main(device=args.device or _best_device())
 
 
 def pretrain(args) -> int:
-    from . import trainer
+    from .pretrain import loop as trainer
 
     return trainer.main(args)
 
 
 def prepare(args) -> int:
-    from . import prepare as preparing
+    from .data import prepare as preparing
 
     return preparing.main(args)
 
@@ -72,7 +72,7 @@ def glue(args) -> int:
 
 
 def plot(args) -> int:
-    from . import plot as plotting
+    from .pretrain import plot as plotting
 
     return plotting.main(args)
 
@@ -120,15 +120,15 @@ COMMANDS = {
     "bench": ("tokens/sec of the ELECTRA step and per-op times against PyTorch baselines", _bench_arguments, bench),
     "check": ("run the numerics checks on the device present; prints a pass/fail table", _check_arguments, check),
     "prepare": ("stream a corpus of any size into memory-mapped token shards (pretrain --data)",
-                _arguments_of("prepare", "add_arguments"), prepare),
+                _arguments_of("data.prepare", "add_arguments"), prepare),
     "pretrain": ("pretrain ELECTRA on a text corpus (default: one shipped with Python)",
-                 _arguments_of("trainer", "add_arguments"), pretrain),
+                 _arguments_of("pretrain.loop", "add_arguments"), pretrain),
     "finetune": ("fine-tune a pretrained discriminator (or an ELECTRA/BERT folder) on classification, token "
                  "classification or question answering", _arguments_of("finetune.cli", "add_arguments"), finetune),
     "glue": ("fine-tune on the eight GLUE tasks of the ELECTRA paper (GLUE's folder as distributed) and print its "
              "score table", _arguments_of("finetune.cli", "add_glue_arguments"), glue),
     "plot": ("the metrics of several runs' log.jsonl in one figure, against steps, tokens or FLOPs",
-             _arguments_of("plot", "add_arguments"), plot),
+             _arguments_of("pretrain.plot", "add_arguments"), plot),
 }
 
 

@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tensor_checks import require
+from ..ops.kernel_args import require
 from . import configs
 
 

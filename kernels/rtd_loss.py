@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tensor_checks import KERNEL_FLOATS, require
+from ..ops.kernel_args import KERNEL_FLOATS, require
 from . import configs
 
 
@@ -27,7 +27,7 @@ def _rtd_kernel(logits_ptr, stride_b, stride_t, labels_ptr, weights_ptr, loss_pt
     tl.store(grad_ptr + i, tl.where(w != 0, w * (sig - y), 0.0), mask=ok)
 
 
-def rtd_forward(logits, labels, weights, *, interpret=False):
+def forward(logits, labels, weights, *, interpret=False):
     """logits [B, T] float (any strides), labels [B, T] and weights [B, T] | None contiguous 0/1 (bool or int).
     Returns (per-token weighted loss, d(sum)/d logits), float32 [B, T]."""
     b, t = require("logits", logits, dtypes=KERNEL_FLOATS).shape

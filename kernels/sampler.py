@@ -4,7 +4,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..tensor_checks import KERNEL_FLOATS, require
+from ..ops.kernel_args import KERNEL_FLOATS, require
 from . import configs
 from .helpers import first_argmax, gumbel_noise
 

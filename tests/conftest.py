@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import electra_fast  # noqa: E402
-from electra_fast.settings import TRITON_INTERPRET  # noqa: E402
+from electra_fast.ops.settings import TRITON_INTERPRET  # noqa: E402
 
 
 def _triton_available() -> bool:

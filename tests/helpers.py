@@ -1,14 +1,17 @@
 """Test helpers: relative error, the near-tie-aware sample comparison of SPEC §3, fresh head inputs, a padded
 batch of sequences, an interrupted pretraining run."""
 import contextlib
+import os
 
 import torch
 
-from electra_fast.check import relative_error as rel_err, sample_mismatches  # noqa: F401
+from electra_fast.ops.numerics import relative_error as rel_err, sample_mismatches  # noqa: F401
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout's root
 
 
 def assert_samples_match(got, want, logits, targets=None, **kwargs):
-    """Samples must be equal except at near-ties (see electra_fast.check.sample_mismatches)."""
+    """Samples must be equal except at near-ties (see electra_fast.ops.numerics.sample_mismatches)."""
     bad = sample_mismatches(got, want, logits, targets, **kwargs)
     assert not bad, f"{len(bad)} rows differ beyond a near-tie, first (row, got, reference): {bad[:5]}"
 
@@ -68,20 +71,20 @@ def fit_fixed_batch(model, ids, mask, steps: int, lr: float = 3e-3) -> list:
 @contextlib.contextmanager
 def interrupted_at_step(monkeypatch, step: int):
     """Inside the block, `electra-fast pretrain` stops as at Ctrl-C right after logging `step`."""
-    from electra_fast import trainer
+    from electra_fast.pretrain import loop
 
-    real_write = trainer._Log.write
+    real_write = loop._Log.write
 
     def interrupt(self, record):
         real_write(self, record)
         if record["step"] == step:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer._Log, "write", interrupt)
+    monkeypatch.setattr(loop._Log, "write", interrupt)
     try:
         yield
     finally:
-        monkeypatch.setattr(trainer._Log, "write", real_write)
+        monkeypatch.setattr(loop._Log, "write", real_write)
 
 
 TINY_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -101,12 +104,12 @@ def tiny_config(name: str, *, vocab_size: int, pad_token_id: int, **changes):
     """A tiny transformers config of TINY_FAMILIES[name], dropout off (DistilBERT's fields have other names)."""
     import transformers
 
-    from electra_fast import hf_encoders
+    from electra_fast.hf import encoders
 
     family, extra = TINY_FAMILIES[name]
     if family == "distilbert":
         return transformers.DistilBertConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, dim=32, n_layers=2,
                                              n_heads=2, hidden_dim=64, max_position_embeddings=64, dropout=0.0,
                                              attention_dropout=0.0, **changes)
-    return hf_encoders.family_config(family, vocab_size=vocab_size, pad_token_id=pad_token_id, hidden_dropout_prob=0.0,
+    return encoders.family_config(family, vocab_size=vocab_size, pad_token_id=pad_token_id, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0, **{**TINY_SIZES, **extra, **changes})

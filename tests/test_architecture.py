@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import electra_fast
-from electra_fast import backends
-from electra_fast.backends.base import Backend
+from electra_fast.ops import backends
+from electra_fast.ops.backends.base import Backend
 from conftest import _targets
 
 
@@ -19,7 +19,7 @@ def test_every_backend_keeps_the_contract(name):
     impl = backends.get(name)
     assert isinstance(impl, Backend), name
     assert isinstance(impl.GRADS_IN_FORWARD, bool)
-    for method in ("head_forward", "head_backward", "logits_forward", "logits_backward", "replace", "rtd_forward"):
+    for method in ("generator_loss_and_sample", "generator_loss_and_sample_backward", "sample_logits", "sample_logits_backward", "replace_", "rtd_loss"):
         want = [p for p in inspect.signature(getattr(Backend, method)).parameters if p != "self"]
         assert list(inspect.signature(getattr(impl, method)).parameters) == want, (name, method)
 
@@ -29,7 +29,7 @@ def _package_modules():
     import electra_fast.kernels  # shipped from its own folder (setup.py's package_dir)
 
     found = {}
-    for package in (electra_fast, electra_fast.backends, electra_fast.kernels):
+    for package in (electra_fast, electra_fast.ops.backends, electra_fast.kernels):
         found[package.__name__] = package.__file__
         for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             spec = info.module_finder.find_spec(info.name)
@@ -67,7 +67,7 @@ def _imports(name, path, modules):
 
 def test_no_import_cycle_inside_the_package():
     modules = _package_modules()
-    assert "electra_fast.kernels.sampler" in modules and "electra_fast.backends.triton_backend" in modules
+    assert "electra_fast.kernels.sampler" in modules and "electra_fast.ops.backends.triton_backend" in modules
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     state = {}
 
@@ -86,14 +86,14 @@ def test_no_import_cycle_inside_the_package():
 
 
 def test_cpp_call_checks_its_arguments_and_writes_nothing():
-    from electra_fast.backends import cpp_backend
+    from electra_fast.ops.backends import cpp_backend
 
     ids = torch.arange(12).view(3, 4)
     before = ids.clone()
     with pytest.raises(TypeError, match="positions"):
-        cpp_backend.replace(ids, torch.tensor([1, 5], dtype=torch.int32), torch.tensor([7, 7]), None)
+        cpp_backend.replace_(ids, torch.tensor([1, 5], dtype=torch.int32), torch.tensor([7, 7]), None)
     with pytest.raises(TypeError, match="valid"):
-        cpp_backend.replace(ids, torch.tensor([1, 5]), torch.tensor([7, 7]), torch.tensor([1, 0]))
+        cpp_backend.replace_(ids, torch.tensor([1, 5]), torch.tensor([7, 7]), torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="g must be contiguous"):
         cpp_backend._backward_tile(torch.randn(4, 6)[:, ::2], 0, torch.zeros(4, dtype=torch.int64), -100,
                                    torch.zeros(4, 2), torch.ones(4))

@@ -56,9 +56,9 @@ def test_two_checkouts_on_the_path_do_not_find_each_other(tmp_path):
 
 def test_electra_fast_kernels_import_from_the_root():
     pytest.importorskip("triton")
-    done = _run("-c", "import electra_fast.kernels.generator_head as g, electra_fast._C; print(g.__name__)")
+    done = _run("-c", "import electra_fast.kernels.generator_loss_and_sample as g, electra_fast._C; print(g.__name__)")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "electra_fast.kernels.generator_head"
+    assert done.stdout.strip() == "electra_fast.kernels.generator_loss_and_sample"
 
 
 def test_python_m_electra_fast_help_from_the_root():

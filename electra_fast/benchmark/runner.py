@@ -9,7 +9,7 @@ from dataclasses import asdict
 import torch
 
 from .config import Config
-from .heads import cublas_probe_notes, head_floor, head_variants, op_variants
+from .baselines import cublas_probe_notes, head_floor, head_variants, op_variants
 from .measure import peak_memory_mb, probe_memory, time_variants
 from .report import Row, add_ratios, environment
 from .steps import (first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants,

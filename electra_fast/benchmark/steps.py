@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import electra_fast
 from electra_fast import models
 from .config import Config, bf16_supported
-from .heads import gumbel_sample, head_variants, op_variants
+from .baselines import gumbel_sample, head_variants, op_variants
 from .measure import time_variants
 
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 103, 101, 102, 0  # BERT uncased's
@@ -88,7 +88,7 @@ def training_step(cfg: Config, loss_of_batch, module, dtype: str | None = None, 
     dtype = dtype or cfg.dtype
 
     def step():
-        checks = electra_fast.settings.value_checks()
+        checks = electra_fast.ops.settings.value_checks()
         electra_fast.set_value_checks(value_checks and checks)
         try:
             with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):

@@ -215,7 +215,7 @@ def run_glue(data_dir: str, out: str, model: str, *, tasks=None, jobs: int = 1, 
     the same for every task; epochs, if given, replaces the per-task ones. Finished task folders are kept (and
     refused if finished with other settings). Progress goes to `log` (default stderr). Raises FinetuneDataError for
     bad input before any training."""
-    from ..checkpoint import write_file
+    from ..pretrain.checkpoint import write_file
 
     log = log or sys.stderr
     reserved = sorted(_PER_TASK & set(settings))

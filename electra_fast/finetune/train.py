@@ -1,5 +1,5 @@
 """Fine-tuning as ELECTRA does it, on Hugging Face encoders: ELECTRA, BERT, RoBERTa / XLM-R, DeBERTa-v2/v3 and
-ModernBERT (electra_fast.hf_encoders.FAMILIES).
+ModernBERT (electra_fast.hf.encoders.FAMILIES).
 
 The model is transformers' AutoModelFor* class for the task, loaded from the folder (the discriminator that
 `electra-fast pretrain` exports, or any local checkpoint of those families); every encoder weight must come
@@ -28,10 +28,10 @@ from typing import Callable
 
 import torch
 
-from .. import tensorboard_events
+from ..pretrain import tensorboard_events
 from ..flag_checks import at_least, check_ranges, finite_above, finite_at_least, within
-from ..hf_encoders import FAMILIES
-from ..trainer import lr_multiplier
+from ..hf.encoders import FAMILIES
+from ..pretrain.loop import lr_multiplier
 from . import data, metrics
 from .data import FinetuneDataError
 
@@ -469,7 +469,7 @@ def finetune(options: FinetuneOptions) -> dict:
     the run whose `metric` (options.metric, else the task's primary one) is the median, in Hugging Face format with
     its tokenizer. The folder appears complete or not at all. Raises FinetuneDataError for bad input, before any
     training."""
-    from ..checkpoint import write_folder
+    from ..pretrain.checkpoint import write_folder
 
     check_options(options)
     tensorboard_events.check_available(options.tensorboard, FinetuneDataError)
