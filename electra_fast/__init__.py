@@ -1,4 +1,4 @@
-"""electra-fast: fused kernels for ELECTRA pretraining (SPEC: the generator head, its sampler, REPLACE and the
+"""electra-fast: fused kernels for ELECTRA pretraining (docs/contract.md: the generator head, its sampler, REPLACE and the
 replaced-token-detection loss), as one PyTorch API and as torch.ops.electra_fast.*."""
 import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 

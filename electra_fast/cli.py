@@ -1,5 +1,5 @@
-"""`electra-fast`: bench (SPEC §5, §6), check (SPEC §4 on the device present), prepare, pretrain, finetune and
-glue (SPEC §6a)."""
+"""`electra-fast`: bench (contract §5, §6), check (contract §4 on the device present), prepare, pretrain, finetune and
+glue (contract §6a)."""
 from __future__ import annotations
 
 import argparse

@@ -1,12 +1,12 @@
 """Launch settings of every Triton kernel, in one place: the launchers read them, and the launch-limit test
-compiles each setting they can return ahead of time for every supported GPU (SPEC §7).
+compiles each setting they can return ahead of time for every supported GPU (contract §7).
 
 Under the interpreter the cost is per program and per op, so it gets few, big programs; on a GPU the settings
 keep the kernels memory-bound: the head's matrix products run in cuBLAS, and the kernels only stream logits.
 """
 from __future__ import annotations
 
-CHUNK = 128  # SPEC §3: the sampler's canonical chunk of ids; every BLOCK_V is a multiple of it
+CHUNK = 128  # contract §3: the sampler's canonical chunk of ids; every BLOCK_V is a multiple of it
 
 
 def fold_rows(interpret: bool) -> dict:

@@ -1,4 +1,4 @@
-"""Shared Triton helpers: SPEC §3's noise stream and first-index argmax.
+"""Shared Triton helpers: contract §3's noise stream and first-index argmax.
 
 The noise G(stream, j) for one row is indexed by the vocabulary id (or chunk index) j, never by tile, so a
 sample does not depend on block sizes, warps or the grid.

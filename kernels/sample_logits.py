@@ -45,7 +45,7 @@ def _adjacent_columns(logits):
 
 @triton.jit
 def exact_chunk_lse(row_starts, bias_ptr, chunks, excluded, V, inv_t, HAS_BIAS: tl.constexpr):
-    """SPEC §3's chunk log-masses evaluated id by id: logsumexp of z = x / T over the 128 ids of each of `chunks`
+    """contract §3's chunk log-masses evaluated id by id: logsumexp of z = x / T over the 128 ids of each of `chunks`
     [BLOCK_N, CB] (int64) of the rows starting at row_starts [BLOCK_N], NaN as -inf, the id excluded [BLOCK_N]
     (-1: none) as -inf. [BLOCK_N, CB] float32. The fold's slow path: rows with a NaN or an inf, and the chunk
     of the id that disallow_correct excludes."""

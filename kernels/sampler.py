@@ -1,4 +1,4 @@
-"""SPEC §3's sampler, stage by stage, ROWS rows per program: the chunk by Gumbel-max over the chunk log-masses,
+"""contract §3's sampler, stage by stage, ROWS rows per program: the chunk by Gumbel-max over the chunk log-masses,
 then the id by Gumbel-max over that chunk's 128 logits (+ bias), read from the logits in memory."""
 import torch
 import triton

@@ -1,4 +1,4 @@
-"""Test helpers: relative error, the near-tie-aware sample comparison of SPEC §3, fresh head inputs, a padded
+"""Test helpers: relative error, the near-tie-aware sample comparison of contract §3, fresh head inputs, a padded
 batch of sequences, an interrupted pretraining run."""
 import contextlib
 import os

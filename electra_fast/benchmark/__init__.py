@@ -1,4 +1,4 @@
-"""The benchmark of SPEC §5: tokens/sec of the whole ELECTRA step and the time of the fused head and ops against
+"""The benchmark of contract §5: tokens/sec of the whole ELECTRA step and the time of the fused head and ops against
 PyTorch eager, eager over the full sequence, torch.compile of eager, Hugging Face's models, and (where
 installed) Cut Cross-Entropy's and Liger-Kernel's fused linear cross-entropy (loss only, no sample).
 

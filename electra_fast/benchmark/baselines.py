@@ -1,4 +1,4 @@
-"""The generator head's baselines (SPEC §5): eager as ELECTRA ports write it, torch.compile of it, electra-fast,
+"""The generator head's baselines (contract §5): eager as ELECTRA ports write it, torch.compile of it, electra-fast,
 and the fused linear cross-entropy peers; its GEMM floor; and the other fused ops against their eager one-liners,
 at the step's shapes."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ def gumbel_sample(logits: torch.Tensor) -> torch.Tensor:
 
 
 def eager_head(hidden, weight, bias, targets):
-    """SPEC §5's eager head: F.linear, F.cross_entropy in float32, Gumbel sample. Returns (loss, sampled [N])."""
+    """contract §5's eager head: F.linear, F.cross_entropy in float32, Gumbel sample. Returns (loss, sampled [N])."""
     logits = F.linear(hidden, weight, bias)
     loss = F.cross_entropy(logits.float(), targets)
     with torch.no_grad():
@@ -41,7 +41,7 @@ def head_peers(device: torch.device, dtype: torch.dtype) -> dict:
         linear_cross_entropy = None
     if linear_cross_entropy is not None and (device.type != "cuda" or dtype != torch.float32):
         # cce_exact: the default "cce" skips gradient tiles under a threshold, not the same function on flat
-        # distributions (SPEC §5). On the CPU only its torch.compile path runs.
+        # distributions (contract §5). On the CPU only its torch.compile path runs.
         impl = "cce_exact" if device.type == "cuda" else "torch_compile"
         peers["cce (loss only)"] = lambda h, w, b, t: (linear_cross_entropy(h, w, t, impl=impl), None)
     if device.type != "cuda":
@@ -91,7 +91,7 @@ def head_variants(cfg: Config, *, backward: bool = True, peers: bool = True) -> 
 
 def head_floor(cfg: Config) -> dict:
     """The head's floor, the time of its three matrix products (logits, d hidden, d weight: 6·N·H·V flops).
-    On CUDA: those flops at the card's rate measured here with a large torch.mm (SPEC §5); returns
+    On CUDA: those flops at the card's rate measured here with a large torch.mm (contract §5); returns
     {"head_gemm_floor_ms", "gemm_tflops"}. On the CPU: torch's own time for the three products in vocabulary
     tiles, so that no [N, V] tensor is written, the floor of a head whose products run through BLAS; returns
     {"head_gemm_floor_ms"}."""

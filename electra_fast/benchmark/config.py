@@ -1,4 +1,4 @@
-"""What one benchmark run measures, and its defaults per device (SPEC §5, §6)."""
+"""What one benchmark run measures, and its defaults per device (contract §5, §6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,7 @@ import torch
 
 from electra_fast import models
 
-CPU_BATCH_SIZE = 8  # SPEC §6: the default finishes in minutes on a laptop CPU
+CPU_BATCH_SIZE = 8  # contract §6: the default finishes in minutes on a laptop CPU
 CUDA_BATCH_SIZE = 128  # ELECTRA-Small's real batch (Clark et al., 2020): 128 sequences of 128 tokens
 DTYPES = ("float32", "bfloat16", "float16")
 PARTS = ("head", "ops", "step", "recommended", "graph")
@@ -55,7 +55,7 @@ class Config:
         unknown = set(self.parts) - set(PARTS)
         if unknown:
             raise ValueError(f"parts must be among {PARTS}, got {sorted(unknown)}")
-        # warmup >= 1: SPEC §5 times after warm-up, and a variant that cannot run is found there
+        # warmup >= 1: contract §5 times after warm-up, and a variant that cannot run is found there
         for name in ("batch_size", "seq_len", "head_rows", "vocab_size", "warmup", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

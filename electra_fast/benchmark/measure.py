@@ -1,4 +1,4 @@
-"""Timing and memory measurement (SPEC §5).
+"""Timing and memory measurement (contract §5).
 
 Every variant of one table is called round-robin, one call (on CUDA one `triton.testing.do_bench`) per variant
 per round, so that drift hits all alike; a figure is the median over rounds. Peak memory: CUDA's

@@ -43,7 +43,7 @@ def _cpu_name() -> str:
 
 
 def environment(device: torch.device) -> dict:
-    """Versions, date and the device by name (SPEC §5: GPU figures name the card)."""
+    """Versions, date and the device by name (contract §5: GPU figures name the card)."""
     info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "threads": torch.get_num_threads(), "device": str(device), "date": time.strftime("%Y-%m-%d")}
     try:

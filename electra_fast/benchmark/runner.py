@@ -1,4 +1,4 @@
-"""The run of SPEC §5: tokens/sec of the whole ELECTRA step and the time of the fused head and ops, against the
+"""The run of contract §5: tokens/sec of the whole ELECTRA step and the time of the fused head and ops, against the
 baselines, one table at a time, every variant of a table in this process on the same inputs, interleaved."""
 from __future__ import annotations
 

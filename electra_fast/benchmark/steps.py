@@ -1,4 +1,4 @@
-"""The training step's baselines (SPEC §5): eager as ELECTRA ports write it, eager-full (logits over the whole
+"""The training step's baselines (contract §5): eager as ELECTRA ports write it, eager-full (logits over the whole
 sequence, as Hugging Face's ElectraForMaskedLM computes them), torch.compile of eager, electra-fast; and the
 step users run today with Hugging Face's models against electra-fast's recommended steps. Each variant is one
 zero-argument callable doing forward, backward and AdamW on its own copy of the same models and the same batch."""

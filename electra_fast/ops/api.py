@@ -1,4 +1,4 @@
-"""The public API of SPEC §2. These wrappers check shapes, dtypes, devices and scalar arguments (never
+"""The public API of contract §2. These wrappers check shapes, dtypes, devices and scalar arguments (never
 values, which the ops check), hide the ops' extra outputs, and call `torch.ops.electra_fast.*`."""
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _ignore_index(ignore_index) -> int:
 
 
 def resolve_seed(seed, device: torch.device) -> Tensor:
-    """SPEC §2 "Seeds" as a 0-dim int64 tensor on `device`, the inputs' device: an int in [0, 2^63) is filled in
+    """contract §2 "Seeds" as a 0-dim int64 tensor on `device`, the inputs' device: an int in [0, 2^63) is filled in
     there (no host-to-device copy, which a CUDA graph cannot capture), None draws on `device` from torch's default
     generator for it (no host sync; torch.compile traces it; a captured CUDA graph draws anew on each replay), and
     a 0-dim int64 tensor is taken as it is (the backend moves it where it runs)."""

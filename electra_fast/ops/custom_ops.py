@@ -1,5 +1,5 @@
 """The torch ops `torch.ops.electra_fast.*`: one PyTorch `custom_op` per public op, each with a fake (meta)
-kernel and autograd (SPEC §2 "Ops").
+kernel and autograd (contract §2 "Ops").
 
 Every op takes the backend by name ("auto", "triton", "cpp", "reference") and dispatches inside, so that a
 compiled graph guards on it and an op's backward runs on the backend that ran its forward. Value checks (ids in

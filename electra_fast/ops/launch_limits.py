@@ -1,5 +1,5 @@
 """Every Triton launch configuration checked against each supported GPU's per-block shared memory, ahead of
-time and without a GPU (SPEC §7): the launchers run on meta tensors with their kernels captured instead of
+time and without a GPU (contract §7): the launchers run on meta tensors with their kernels captured instead of
 launched, and each distinct launch is compiled for sm_80, sm_86, sm_89 and sm_90 with the specialisation the
 runtime applies (16-byte divisibility of pointers and of integers that are multiples of 16, integers equal to
 1 as constants). Without that specialisation the compiler reports far less shared memory than the runtime asks

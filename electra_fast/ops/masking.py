@@ -1,8 +1,8 @@
-"""Which positions the generator fills (SPEC §2), in plain PyTorch, in two forms of one selection:
+"""Which positions the generator fills (contract §2), in plain PyTorch, in two forms of one selection:
 
 - `mask_token_slots`: Google's fixed `max_predictions_per_seq` slots per row, padded, so that every shape is
   static and nothing reads a tensor's values on the host (one graph under torch.compile, CUDA-graph capture);
-- `mask_tokens`: the variable-length form of SPEC §2, the valid slots of the same selection, flat.
+- `mask_tokens`: the variable-length form of contract §2, the valid slots of the same selection, flat.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def mask_tokens(input_ids: Tensor, attention_mask: Optional[Tensor] = None, *, m
                 mask_prob: float = 0.15, special_token_ids: Sequence[int] = (), mask_replace_prob: float = 0.85,
                 random_token_prob: float = 0.0, vocab_size: Optional[int] = None,
                 generator: Optional[torch.Generator] = None) -> MaskedInputs:
-    """The variable-length form (SPEC §2): max(1, round_half_even(eligible * mask_prob)) positions per row,
+    """The variable-length form (contract §2): max(1, round_half_even(eligible * mask_prob)) positions per row,
     uniformly without duplicates, among tokens that are neither padding nor special (0 in a row with none
     eligible), as flat positions [N], strictly ascending, and their targets [N]. The valid slots of
     `mask_token_slots` with its default slot count, which cuts no row; the flattening syncs with the host (N

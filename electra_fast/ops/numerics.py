@@ -1,4 +1,4 @@
-"""`electra-fast check`: SPEC §4's numerics on the device present, as a pass/fail table — the command a user
+"""`electra-fast check`: contract §4's numerics on the device present, as a pass/fail table — the command a user
 runs in their own GPU CI. Also home of `sample_mismatches`, the near-tie-aware comparison of samples that the
 test suite uses.
 
@@ -53,7 +53,7 @@ def sampler_keys(logits, targets, seed: int, temperature: float, disallow_correc
 
 def reference_samples(logits, targets, seed: int, *, rows=None, temperature: float = 1.0,
                       disallow_correct: bool = False, ignore_index: int = -100) -> torch.Tensor:
-    """SPEC §3's samples [R] int64 of logits [R, V] (float64 on the CPU) that are rows `rows` [R] of a call (0..R-1
+    """contract §3's samples [R] int64 of logits [R, V] (float64 on the CPU) that are rows `rows` [R] of a call (0..R-1
     when None), from `sampler_keys`: the chunk of the largest chunk key, then the id of the largest id key in it
     (ties to the lowest index); the lowest allowed id where no key is finite. `reference.sample_from_logits` for
     rows that do not start at 0."""
@@ -74,7 +74,7 @@ def reference_samples(logits, targets, seed: int, *, rows=None, temperature: flo
 def sample_mismatches(got, want, logits, targets=None, *, seed: int, temperature: float = 1.0,
                       disallow_correct: bool = False, ignore_index: int = -100, rel: float = 1e-5,
                       rows=None) -> list:
-    """Rows where two samplers disagree beyond a near-tie (SPEC §3): where the samples differ, the keys of the two
+    """Rows where two samplers disagree beyond a near-tie (contract §3): where the samples differ, the keys of the two
     candidates at the stage that separated them must agree within `rel`. logits [R, V] are rows `rows` [R] of the
     call (0..R-1 when None). Returns [(row, got, want)], row counted within `logits`."""
     got, want = got.cpu(), want.cpu()
@@ -129,7 +129,7 @@ SAMPLE_SPREAD = 64
 TRUTH_BLOCK_ROWS = 1024  # rows of float64 logits the truth holds at once ([1024, 30522] float64: 250 MB)
 
 # Limits. Each is the float64 truth's distance that the dtypes' rounding allows, with a stated margin, and never
-# more than SPEC §4's tolerance (float32 1e-5, 5e-4 under TF32; bf16/fp16 1e-2). Eager PyTorch's own error is not
+# more than contract §4's tolerance (float32 1e-5, 5e-4 under TF32; bf16/fp16 1e-2). Eager PyTorch's own error is not
 # added: in float16 it is the whole gradient (an unscaled float16 gradient underflows), so adding it let any
 # float16 gradient pass.
 #
@@ -139,7 +139,7 @@ TRUTH_BLOCK_ROWS = 1024  # rows of float64 logits the truth holds at once ([1024
 # float32 adds ~u32 (log2(tile) + tiles) ~ 3e-6 to the log-sum-exp, the mean over N rows ~u32 log2(N). A per-row
 # loss is ~10, so the relative error is <~ 1e-6 (measured ~1e-7); LOSS_LIMIT = 2e-6. Logits rounded to bfloat16
 # (u = 2^-8) would be off by ~1e-2 each: ~1e-3 relative per row, 500 x the limit. Float32 under TF32 (inputs
-# rounded to 10 bits) keeps SPEC's 5e-4.
+# rounded to 10 bits) keeps the contract's 5e-4.
 LOSS_LIMIT = 2e-6
 # Gradients, bf16/fp16 inputs: the GPU head writes d loss / d logits (softmax - onehot) x row scale as a tile in
 # the input dtype (each entry off by <= u, the unit roundoff: bf16 2^-8, fp16 2^-11; the Triton interpreter
@@ -147,7 +147,7 @@ LOSS_LIMIT = 2e-6
 # gradient comes back in its input's dtype (<= u more). The tile's rounding errors are independent over the V
 # (d hidden) or N (d weight, d bias) terms of each sum, so they add <~ u to the norm: <~ 2u in all (3u
 # truncating), measured 0.4u (float32 tile) to 1.1u (interpreter). GRAD_ROUNDOFFS = 4: fp16 2.0e-3; bf16's 1.6e-2
-# is capped at SPEC's 1e-2. Float32 keeps SPEC's 1e-5 (sums of V float32 terms: ~sqrt(V) u32 ~ 1e-5; 5e-4 under
+# is capped at the contract's 1e-2. Float32 keeps the contract's 1e-5 (sums of V float32 terms: ~sqrt(V) u32 ~ 1e-5; 5e-4 under
 # TF32).
 GRAD_ROUNDOFFS = 4
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
@@ -157,7 +157,7 @@ UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 # (6e-8) and flush to zero.
 LOSS_SCALE = {torch.float16: 2.0**16}
 
-# The sampler's statistics (SPEC §4): ROWS rows of the same VOCAB logits, every 7th of probability 0, in each
+# The sampler's statistics (contract §4): ROWS rows of the same VOCAB logits, every 7th of probability 0, in each
 # dtype the device takes. Half-precision logits sit near LOGIT_OFFSET, where the dtype's spacing is 0.5 to 1, so
 # its rounding changes the distribution visibly: the truth is the softmax of the logits as rounded to the dtype,
 # and a sampler that rounds them otherwise (or reads them as another dtype) fails the chi-square.
@@ -178,7 +178,7 @@ FOOTNOTES = (
     "Limits: relative error to the float64 truth of the inputs as rounded to their dtype; eager PyTorch's own error "
     "is not added.",
     f"  losses {LOSS_LIMIT:g} in every dtype (the logits are float32); gradients {GRAD_ROUNDOFFS} x the dtype's unit "
-    "roundoff (bf16 2^-8, fp16 2^-11), at most SPEC §4's 1e-2; float32 gradients SPEC §4's 1e-5; every float32 "
+    "roundoff (bf16 2^-8, fp16 2^-11), at most contract §4's 1e-2; float32 gradients contract §4's 1e-5; every float32 "
     "limit 5e-4 under TF32.",
     "  float16 gradients under a loss scale of 2^16, as torch.amp.GradScaler trains: the loss x 2^16 before backward, "
     "the gradients / 2^16 after (unscaled, they underflow to zero).",
@@ -207,7 +207,7 @@ def _name(dtype) -> str:
 
 
 def _tolerance(dtype) -> float:
-    """SPEC §4: float32 1e-5 (5e-4 where TF32 is allowed), bf16/fp16 1e-2."""
+    """contract §4: float32 1e-5 (5e-4 where TF32 is allowed), bf16/fp16 1e-2."""
     if dtype == torch.float32:
         return 5e-4 if torch.backends.cuda.matmul.allow_tf32 else 1e-5
     return 1e-2
@@ -365,7 +365,7 @@ def sampler_logits(dtype, vocab: int = SAMPLER_VOCAB, seed: int = 1) -> torch.Te
 
 def sampler_checks(device: torch.device, *, rows: int = SAMPLER_ROWS, vocab: int = SAMPLER_VOCAB,
                    dtypes=None) -> list[CheckResult]:
-    """The sampler's distribution over `rows` rows with the same logits (SPEC §4) in each dtype (those the device
+    """The sampler's distribution over `rows` rows with the same logits (contract §4) in each dtype (those the device
     takes when None): chi-square against the softmax of the logits as rounded to the dtype, and no draw of an id
     of probability 0."""
     results = []

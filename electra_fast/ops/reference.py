@@ -1,4 +1,4 @@
-"""The definition: every op of SPEC §2 and the sampler of §3 in plain PyTorch.
+"""The definition: every op of contract §2 and the sampler of §3 in plain PyTorch.
 
 The kernels are checked against these functions, so they favour being obviously right over being fast:
 they materialise the [N, V] logits. Float inputs are computed in float32 (float64 stays float64). No
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-CHUNK = 128  # SPEC §3: canonical sampler chunk
+CHUNK = 128  # contract §3: canonical sampler chunk
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
@@ -17,7 +17,7 @@ _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """float64 if any float input is float64, else float32 (SPEC §2: internal math is float32)."""
+    """float64 if any float input is float64, else float32 (contract §2: internal math is float32)."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
@@ -60,7 +60,7 @@ def uniform_from_words(words: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_noise(seed: torch.Tensor, rows: torch.Tensor, stream: int, j: torch.Tensor) -> torch.Tensor:
-    """G(stream, j) of SPEC §3 for each (row, j) pair (broadcast), float32."""
+    """G(stream, j) of contract §3 for each (row, j) pair (broadcast), float32."""
     rows, j = torch.broadcast_tensors(rows, j)
     words = philox4x32_10(seed, j >> 2, rows, stream, 0)
     word = torch.stack(words, dim=-1).gather(-1, (j & 3).unsqueeze(-1)).squeeze(-1)
@@ -74,7 +74,7 @@ def gumbel_noise(seed: torch.Tensor, rows: torch.Tensor, stream: int, j: torch.T
 def sample_from_logits(logits: torch.Tensor, targets: torch.Tensor | None, seed: torch.Tensor, *,
                        temperature: float = 1.0, disallow_correct: bool = False,
                        ignore_index: int = -100) -> torch.Tensor:
-    """SPEC §3: an exact sample of softmax(logits / temperature) per row by Gumbel-max over 128-id chunks.
+    """contract §3: an exact sample of softmax(logits / temperature) per row by Gumbel-max over 128-id chunks.
 
     logits: [N, V] float. targets: [N] int64 or None. seed: 0-dim int64. Returns [N] int64.
     """
@@ -111,7 +111,7 @@ def predicted_ids(logits: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_rows(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    """SPEC §2's reductions of per-row (or per-token) losses that are already 0 where not valid: "none" as is,
+    """contract §2's reductions of per-row (or per-token) losses that are already 0 where not valid: "none" as is,
     "sum", or "mean" over the valid entries, 0 (never NaN) when there are none."""
     if reduction == "none":
         return per_row

@@ -1,5 +1,5 @@
 """Module-level settings that the ops and the backends both read: the selected backend, the value checks, the
-head's chunk budget and whether the Triton interpreter runs (SPEC §2: a module-level setting, not a
+head's chunk budget and whether the Triton interpreter runs (contract §2: a module-level setting, not a
 `ContextVar`, which torch.compile cannot trace)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 BACKENDS = ("auto", "triton", "cpp", "reference")
 # Read once, at import: the Triton interpreter must be chosen before triton is imported.
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEFAULT_LOGITS_BUDGET = 512 << 20  # bytes of float32 logits (and their gradient) the head holds at once (SPEC §1)
+DEFAULT_LOGITS_BUDGET = 512 << 20  # bytes of float32 logits (and their gradient) the head holds at once (contract §1)
 
 _settings = {"backend": "auto", "value_checks": True, "logits_budget": DEFAULT_LOGITS_BUDGET}
 

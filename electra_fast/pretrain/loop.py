@@ -7,7 +7,7 @@ are visited once per epoch in a seeded order, each rank its own share, with a he
 every `--eval-every` steps (electra_fast.data.shards). Training: AdamW (no weight decay on LayerNorm and biases), linear
 warm-up then linear decay to 0, gradient clipping at 1.0, gradient accumulation, bf16 autocast, the whole step
 compiled as one graph (on CUDA also captured as CUDA graphs). Each step re-seeds torch from (base seed, step,
-data-parallel rank) (SPEC §2 Seeds): ranks never share noise, and a resumed run draws what the uninterrupted one
+data-parallel rank) (contract §2 Seeds): ranks never share noise, and a resumed run draws what the uninterrupted one
 drew. Checkpoints (electra_fast.pretrain.checkpoint) are safetensors + a weights-only state file behind an atomic `latest`
 pointer.
 

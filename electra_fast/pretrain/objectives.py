@@ -1,4 +1,4 @@
-"""`ElectraPretrainer`: the whole ELECTRA step as one module (SPEC §2); `MlmPretrainer`: the masked-language-model
+"""`ElectraPretrainer`: the whole ELECTRA step as one module (contract §2); `MlmPretrainer`: the masked-language-model
 baseline it is measured against, on the same masking and fused head.
 
 mask_token_slots -> generator encoder -> the B·P masked slots -> the generator's MLM transform -> fused head

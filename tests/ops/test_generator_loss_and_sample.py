@@ -1,4 +1,4 @@
-"""The fused generator head against the float64 reference (SPEC §4)."""
+"""The fused generator head against the float64 reference (contract §4)."""
 import math
 
 import pytest
@@ -204,7 +204,7 @@ def test_temperature_and_disallow_correct(target, temperature, disallow_correct)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_same_seed_same_sample_and_repeatable(target, deterministic):
     """Same inputs and seed: the same samples, and bit-identical loss and gradients run after run, with or
-    without torch.use_deterministic_algorithms (every reduction has a fixed order; SPEC §4)."""
+    without torch.use_deterministic_algorithms (every reduction has a fixed order; contract §4)."""
     backend, device = target
     hidden, weight, bias, targets = head_inputs(33, 16, 513, device=device, scale=2.0, ignored_every=4)
     runs = []
@@ -469,7 +469,7 @@ def test_float64_inputs_give_float64_loss(target):
 
 def test_float16_gradients_survive_a_loss_scale(target):
     """Under a loss scaler the float16 gradient must not be formed before the scale is known: its entries,
-    about 1 / (N V), are below float16's smallest number. No worse than eager float16, plus SPEC §4's 1e-2."""
+    about 1 / (N V), are below float16's smallest number. No worse than eager float16, plus contract §4's 1e-2."""
     _, device = target
     n, h, v = 1024, 16, 30522
     hidden, weight, bias, targets = head_inputs(n, h, v, dtype=torch.float16, device=device, ignored_every=9)
@@ -522,7 +522,7 @@ def test_cpp_matches_reference_on_any_shape(n, h, v, with_bias, reduction, ignor
             leaves[0], leaves[1], leaves[2] if with_bias else None, targets, seed=seed, reduction=reduction)
         grads = torch.autograd.grad(loss.sum(), leaves) if n else []
     t_loss, t_grads, t_sampled, _ = _truth(hidden, weight, bias, targets, reduction, seed=seed)
-    # SPEC §4: no further from the float64 truth than eager PyTorch in float32, plus 1e-5 (confident rows of
+    # contract §4: no further from the float64 truth than eager PyTorch in float32, plus 1e-5 (confident rows of
     # tiny vocabularies make float32 itself lose digits: the loss is then a small difference of logits).
     eager_leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if with_bias else ())]
     eager = F.cross_entropy(F.linear(eager_leaves[0], eager_leaves[1], eager_leaves[2] if with_bias else None),

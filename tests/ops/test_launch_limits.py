@@ -1,5 +1,5 @@
 """Every shipped Triton launch configuration fits the per-block shared memory of sm_80, sm_86, sm_89 and sm_90,
-checked ahead of time without a GPU (SPEC §7), with the runtime's specialisation; and the check rejects the
+checked ahead of time without a GPU (contract §7), with the runtime's specialisation; and the check rejects the
 configuration that failed to launch on an H200."""
 import os
 import subprocess

@@ -1,5 +1,5 @@
 """`mask_tokens` and `mask_token_slots`: Google's position count per row, no padding or special ids, the
-85/0/15 split (SPEC §2); the fixed slots of Google's max_predictions_per_seq."""
+85/0/15 split (contract §2); the fixed slots of Google's max_predictions_per_seq."""
 import itertools
 import math
 

@@ -57,7 +57,7 @@ def test_limits_come_from_rounding_and_stay_within_the_spec():
     bf16, fp16 = check.head_limits(torch.bfloat16), check.head_limits(torch.float16)
     assert bf16["loss"] == fp16["loss"] == bf16["row losses"] == check.LOSS_LIMIT == 2e-6
     assert fp16["d hidden"] == fp16["d weight"] == fp16["d bias"] == 4 * 2.0**-11
-    assert bf16["d hidden"] == 1e-2  # 4 x 2^-8 = 1.6e-2, capped at SPEC §4's tolerance
+    assert bf16["d hidden"] == 1e-2  # 4 x 2^-8 = 1.6e-2, capped at contract §4's tolerance
     f32 = check.head_limits(torch.float32)
     assert (f32["loss"], f32["d weight"]) == (2e-6, 1e-5)
     # Set and restored by hand: torch's cuBLAS settings object refuses the delattr that newer pytest's monkeypatch
@@ -112,7 +112,7 @@ def test_a_float16_gradient_that_underflowed_fails(monkeypatch):
 
 
 def test_a_float16_gradient_a_few_roundoffs_off_fails(monkeypatch):
-    # Within SPEC §4's 1e-2, 8 float16 roundoffs off (a tile rounded twice over, a half-precision accumulator):
+    # Within contract §4's 1e-2, 8 float16 roundoffs off (a tile rounded twice over, a half-precision accumulator):
     # the derived 4 u limit catches it.
     real = cpp_backend.generator_loss_and_sample_backward
 
@@ -125,7 +125,7 @@ def test_a_float16_gradient_a_few_roundoffs_off_fails(monkeypatch):
     monkeypatch.setattr(cpp_backend, "generator_loss_and_sample_backward", off_by_8u)
     results = {r.check: r for r in check.head_checks(CPU, torch.float16, "t", N, H, vocab=V)}
     wrong = results["head t d hidden"]
-    assert wrong.verdict == "FAIL" and wrong.value < 1e-2  # what SPEC §4's tolerance alone let pass
+    assert wrong.verdict == "FAIL" and wrong.value < 1e-2  # what contract §4's tolerance alone let pass
 
 
 def test_a_bfloat16_loss_from_bfloat16_logits_fails(monkeypatch):
@@ -154,7 +154,7 @@ def test_a_bfloat16_loss_from_bfloat16_logits_fails(monkeypatch):
 @pytest.mark.parametrize("bug", [None, "row losses 5e-6 high", "losses of float16-rounded logits"])
 def test_a_float32_loss_a_few_millionths_off_fails(triton_device, monkeypatch, bug):
     # The Triton head's fold, wrong in its row losses only (its statistics, and so the gradients and the samples,
-    # stay right): 5e-6 high, within the old float32 limit of 1e-5 and SPEC's; or folded from the float32 logits
+    # stay right): 5e-6 high, within the old float32 limit of 1e-5 and the contract's; or folded from the float32 logits
     # rounded to float16, as a head that keeps half-precision logits would.
     from electra_fast.kernels import generator_loss_and_sample
 

@@ -1,4 +1,4 @@
-"""SPEC §3's random-number stream: Philox4x32-10 against Random123's published answers, and the uniform map."""
+"""contract §3's random-number stream: Philox4x32-10 against Random123's published answers, and the uniform map."""
 import torch
 
 from electra_fast.ops import reference

@@ -1,5 +1,5 @@
 """The sampler draws exactly from softmax(logits / T): chi-square over many rows with the same logits, and ids of
-probability 0 (or the excluded target) are never drawn (SPEC §4)."""
+probability 0 (or the excluded target) are never drawn (contract §4)."""
 import pytest
 import torch
 import electra_fast

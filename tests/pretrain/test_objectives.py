@@ -217,7 +217,7 @@ def test_the_discriminators_and_generators_metrics_are_those_of_the_tokens_the_l
             assert counted[name] == pytest.approx(value, abs=0.005 if name == "disc_auc" else 1e-12, nan_ok=True)
     assert out.disc_accuracy.item() == pytest.approx(truth["disc_accuracy"], abs=1e-6)
     # The generator's: the argmax of the head's logits, and the share of samples equal to the original, which
-    # leave the token real (SPEC §1): the masked slots left unreplaced.
+    # leave the token real (contract §1): the masked slots left unreplaced.
     slots = _same_slots(model, ids, mask, 8)
     positions = slots.positions.view(-1)[slots.valid.view(-1)]
     sampled_accuracy = 1 - seen["is_replaced"][positions].double().mean().item()
@@ -270,7 +270,7 @@ def test_electra_15_counts_rtd_only_at_the_masked_positions(monkeypatch):
                                                    seen["is_replaced"].view(-1)[attended].double())
     torch.testing.assert_close(everywhere.rtd_loss.double(), truth_all, rtol=1e-5, atol=0)
     assert abs(everywhere.rtd_loss.item() - out.rtd_loss.item()) > 1e-4
-    # A non-contiguous attention mask (SPEC §2) gives the same step.
+    # A non-contiguous attention mask (contract §2) gives the same step.
     model.rtd_tokens = "masked"
     torch.manual_seed(11)
     transposed = model(ids, mask.t().contiguous().t())
