@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from electra_fast.data.prepare import byte_count
+from electra_fast.data.config import byte_count
 
 GPU_TOKENS_PER_S = 1_000_000
 TINY_MODEL = ["--num-layers", "2", "--batch-size", "8", "--eval-every", "0", "--save-every", "1000"]

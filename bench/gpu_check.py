@@ -67,7 +67,7 @@ PER_TEST_TIMEOUT_S = {"gpu": 90, "dry-run": 30}  # one test's setup, call or tea
 # pytest processes at once, each on its part of the tests: the Triton kernels compile on the host CPU, one at a
 # time in a process, and a GPU machine has 16 cores. Never more shards than selected tests (an empty shard fails).
 TEST_SHARDS = {"gpu": 4, "dry-run": 2}
-TESTS_DIR = "tests"  # collected recursively: the layout may grow subfolders (tests/ops/, tests/pretrain/, ...)
+TESTS_DIR = "tests"  # collected recursively: the layout may grow subfolders (tests/ops/, tests/pretraining/, ...)
 COLLECT_TIMEOUT_S = 60  # the collection of the gpu tests, within the tests phase's budget (~10 s expected)
 # The dry run runs, of the gpu tests it collected (the real selection), those of these modules (by file name,
 # wherever they are under tests/): interpreted Triton takes seconds per kernel test, these take about one.

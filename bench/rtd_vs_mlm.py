@@ -8,7 +8,7 @@ scratch.
 
 For each objective (`electra`, `mlm`, and the paper's ablation `electra-15`, RTD at the masked positions only)
 `electra-fast pretrain --objective O --max-flops F` trains the same encoder on the same data, exporting at F/8,
-F/4, F/2 and F (FLOPs counted as the paper's script counts them: electra_fast.pretrain.flops); every export, and the same
+F/4, F/2 and F (FLOPs counted as the paper's script counts them: electra_fast.pretraining.flops); every export, and the same
 encoder freshly initialised (`finetune --from-scratch`), is fine-tuned with `electra-fast finetune` for `--seeds`
 seeds. Jobs run as separate processes, `--jobs` at a time, each on `--threads` threads. OUT gets `results.json`
 (every run, per-point medians and ranges, settings, versions, timings), `results.png` (the figure),
@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from electra_fast.ops.masking import MASKING_SPLITS
-from electra_fast.pretrain.loop import OBJECTIVES
+from electra_fast.pretraining.config import OBJECTIVES
 
 # MLM, the longest run, goes second so that it starts at once beside ELECTRA.
 DEFAULT_OBJECTIVES = ["electra", "mlm", "electra-15"]
@@ -340,7 +340,7 @@ def main() -> None:
     plotted = plot(records, metric, os.path.join(args.out, "results.png"), title)
     runs = [os.path.join(args.out, "pretrain", o) for o in args.objectives if o != "mlm"]
     if plotted and runs:
-        from electra_fast.pretrain.plot import plot_runs
+        from electra_fast.pretraining.plot import plot_runs
 
         plot_runs(runs, os.path.join(args.out, "discriminator.png"), x="flops", metrics=CURVE_METRICS)
     print(title + "\n")

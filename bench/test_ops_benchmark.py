@@ -13,7 +13,7 @@ from electra_fast import benchmark
 CFG = benchmark.Config(device="cuda" if torch.cuda.is_available() else "cpu")
 HEAD = {"head fwd": benchmark.head_variants(CFG, backward=False, peers=False),
         "head fwd+bwd": benchmark.head_variants(CFG, peers=False)}
-CASES = [(table, name, fn) for table, variants in {**HEAD, **benchmark.baselines(CFG)}.items()
+CASES = [(table, name, fn) for table, variants in {**HEAD, **benchmark.op_variants(CFG)}.items()
          for name, fn in variants.items()]
 
 

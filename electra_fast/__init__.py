@@ -11,8 +11,28 @@ from .ops.api import generator_loss_and_sample, replace_, rtd_loss, sample_logit
 from .ops.masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
 from .ops.settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
 from .hf.masked_lm import patch_masked_lm, unpatch_masked_lm
-from .pretrain.objectives import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
-from . import models  # noqa: E402
+from .pretraining.objectives import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
+from .pretraining.config import PretrainConfig, PretrainResult
+from .data.config import PrepareConfig, PreparedData
+from . import models
+
+
+def pretrain(config: PretrainConfig) -> PretrainResult:
+    """Pretrains as `config` says and returns a PretrainResult (the export, the final metrics): what
+    `electra-fast pretrain` does (electra_fast.pretraining.loop.pretrain, imported when called, with the data
+    and pretraining modules it needs)."""
+    from .pretraining.loop import pretrain as run
+
+    return run(config)
+
+
+def prepare(config: PrepareConfig) -> PreparedData:
+    """Prepares a corpus into token shards as `config` says and returns a PreparedData: what `electra-fast prepare`
+    does (electra_fast.data.prepare.prepare_corpus)."""
+    from .data.prepare import prepare_corpus
+
+    return prepare_corpus(config)
+
 
 __version__ = "0.1.0"
 
@@ -23,12 +43,18 @@ __all__ = [
     "MaskedSlots",
     "MlmOutput",
     "MlmPretrainer",
+    "PrepareConfig",
+    "PreparedData",
+    "PretrainConfig",
+    "PretrainResult",
     "generator_loss_and_sample",
     "get_backend",
     "mask_token_slots",
     "mask_tokens",
     "models",
     "patch_masked_lm",
+    "prepare",
+    "pretrain",
     "replace_",
     "rtd_loss",
     "sample_logits",

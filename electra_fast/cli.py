@@ -1,5 +1,6 @@
-"""`electra-fast`: bench (contract §5, §6), check (contract §4 on the device present), prepare, pretrain, finetune and
-glue (contract §6a)."""
+"""`electra-fast`: bench (contract §5, §6), check (contract §4 on the device present), prepare, pretrain, plot,
+finetune and glue (contract §6a). This module dispatches: each subcommand's flags and main live in its feature's
+`cli` module (data.cli, pretraining.cli, finetune.cli), imported only when that subcommand runs."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,8 @@ import json
 import sys
 
 import torch
+
+from .errors import EXIT_BAD_INPUT
 
 
 def _best_device() -> str:
@@ -22,7 +25,7 @@ def bench(args) -> int:
             benchmark.require_matplotlib()
         except ModuleNotFoundError as error:
             print(f"electra-fast bench: {error}", file=sys.stderr)
-            return 2
+            return EXIT_BAD_INPUT
     try:
         cfg = benchmark.Config(preset=args.preset, batch_size=args.batch_size, seq_len=args.seq_len,
                                num_layers=args.num_layers, head_rows=args.head_rows, vocab_size=args.vocab_size,
@@ -30,7 +33,7 @@ def bench(args) -> int:
                                repeats=args.repeats, memory=not args.no_memory, parts=tuple(args.parts))
     except ValueError as error:
         print(f"electra-fast bench: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     report = benchmark.run(cfg, progress=not args.quiet)
     print(benchmark.format_table(report))
     if args.json:
@@ -48,15 +51,15 @@ def check(args) -> int:
 
 
 def pretrain(args) -> int:
-    from .pretrain import loop as trainer
+    from .pretraining import cli
 
-    return trainer.main(args)
+    return cli.main(args)
 
 
 def prepare(args) -> int:
-    from .data import prepare as preparing
+    from .data import cli
 
-    return preparing.main(args)
+    return cli.main(args)
 
 
 def finetune(args) -> int:
@@ -72,9 +75,9 @@ def glue(args) -> int:
 
 
 def plot(args) -> int:
-    from .pretrain import plot as plotting
+    from .pretraining import cli
 
-    return plotting.main(args)
+    return cli.plot_main(args)
 
 
 def _bench_arguments(b: argparse.ArgumentParser) -> None:
@@ -120,15 +123,15 @@ COMMANDS = {
     "bench": ("tokens/sec of the ELECTRA step and per-op times against PyTorch baselines", _bench_arguments, bench),
     "check": ("run the numerics checks on the device present; prints a pass/fail table", _check_arguments, check),
     "prepare": ("stream a corpus of any size into memory-mapped token shards (pretrain --data)",
-                _arguments_of("data.prepare", "add_arguments"), prepare),
+                _arguments_of("data.cli", "add_arguments"), prepare),
     "pretrain": ("pretrain ELECTRA on a text corpus (default: one shipped with Python)",
-                 _arguments_of("pretrain.loop", "add_arguments"), pretrain),
+                 _arguments_of("pretraining.cli", "add_arguments"), pretrain),
     "finetune": ("fine-tune a pretrained discriminator (or an ELECTRA/BERT folder) on classification, token "
                  "classification or question answering", _arguments_of("finetune.cli", "add_arguments"), finetune),
     "glue": ("fine-tune on the eight GLUE tasks of the ELECTRA paper (GLUE's folder as distributed) and print its "
              "score table", _arguments_of("finetune.cli", "add_glue_arguments"), glue),
     "plot": ("the metrics of several runs' log.jsonl in one figure, against steps, tokens or FLOPs",
-             _arguments_of("pretrain.plot", "add_arguments"), plot),
+             _arguments_of("pretraining.cli", "add_plot_arguments"), plot),
 }
 
 

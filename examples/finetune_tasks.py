@@ -1,20 +1,26 @@
-"""Pretrain a tiny ELECTRA with `electra-fast pretrain`, then fine-tune its discriminator on each downstream task:
-classification (a TSV file), named entities (a CoNLL file) and question answering (a SQuAD v2.0 file), each
-against the same architecture from scratch. Small generated files; about two minutes on a laptop CPU:
+"""Pretrain a tiny ELECTRA with `electra_fast.pretrain`, then fine-tune its discriminator on each downstream task
+with `electra_fast.finetune.finetune`: classification (a TSV file), named entities (a CoNLL file) and question
+answering (a SQuAD v2.0 file), each against the same architecture from scratch. Small generated files; about two
+minutes on a laptop CPU (`--quick`: a few seconds' smoke run, too short to learn anything):
 
     python examples/finetune_tasks.py
 
-The same from the shell: `electra-fast finetune --model DIR --task classification --train FILE --validation FILE`.
+The same from the shell: `electra-fast pretrain --corpus FILE --out DIR ...`, then
+`electra-fast finetune --model DIR/discriminator --task classification --train FILE --validation FILE`.
 """
 import io
 import json
 import os
 import random
+import sys
 import tempfile
 
-from electra_fast.cli import main as electra_fast
+import electra_fast
 from electra_fast.finetune import FinetuneOptions, finetune
 
+QUICK = "--quick" in sys.argv[1:]
+# pretraining steps, corpus lines, task rows (train, validation), fine-tuning epochs and seeds
+STEPS, LINES, ROWS, EPOCHS, SEEDS = (4, 200, (40, 20), 1, 1) if QUICK else (150, 2000, (400, 100), 5, 3)
 FRUITS = "apple banana cherry mango plum".split()
 COLORS = "red green blue yellow purple".split()
 OTHERS = "house cloud music paper table window garden little big happy quiet over under".split()
@@ -63,21 +69,23 @@ def squad_file(path, n):
 with tempfile.TemporaryDirectory() as work:
     corpus = os.path.join(work, "corpus.txt")
     with open(corpus, "w") as f:
-        f.writelines(" ".join(sentence()) + "\n" for _ in range(2000))
-    electra_fast(["pretrain", "--corpus", corpus, "--out", os.path.join(work, "pretrain"), "--steps", "150",
-                  "--num-layers", "1", "--hidden-size", "64", "--num-heads", "2", "--intermediate-size", "128",
-                  "--embedding-size", "64", "--vocab-size", "300", "--seq-len", "32", "--batch-size", "16"])
-    model = os.path.join(work, "pretrain", "discriminator")
+        f.writelines(" ".join(sentence()) + "\n" for _ in range(LINES))
+    pretrained = electra_fast.pretrain(electra_fast.PretrainConfig(
+        corpus=[corpus], out=os.path.join(work, "pretrain"), steps=STEPS, num_layers=1, hidden_size=64, num_heads=2,
+        intermediate_size=128, embedding_size=64, vocab_size=300, seq_len=32, batch_size=16))
+    print(f"pretrained {pretrained.steps} steps: loss {pretrained.metrics['loss']:.3f}, validation loss "
+          f"{pretrained.valid_metrics.get('loss', float('nan')):.3f}; {pretrained.export}")
+    model = pretrained.export
     tasks = {"classification": (classification_file, ".tsv", {"text_columns": ("sentence",)}),
              "token-classification": (conll_file, ".conll", {}),
              "question-answering": (squad_file, ".json", {"max_length": 64})}
     for task, (write, extension, settings) in tasks.items():
         train, validation = (os.path.join(work, f"{task}-{part}{extension}") for part in ("train", "dev"))
-        write(train, 400)
-        write(validation, 100)
+        write(train, ROWS[0])
+        write(validation, ROWS[1])
         for from_scratch in (False, True):
             results = finetune(FinetuneOptions(model=model, task=task, train=train, validation=validation,
-                                               from_scratch=from_scratch, lr=1e-3, epochs=5, batch_size=16, seeds=3,
-                                               progress=False, log=io.StringIO(), **settings))
+                                               from_scratch=from_scratch, lr=1e-3, epochs=EPOCHS, batch_size=16,
+                                               seeds=SEEDS, progress=False, log=io.StringIO(), **settings))
             scores = ", ".join(f"{k} {v:.3f}" for k, v in results["median"].items())
-            print(f"{task:22s} {'from scratch' if from_scratch else 'pretrained':12s} median of 3: {scores}")
+            print(f"{task:22s} {'from scratch' if from_scratch else 'pretrained':12s} median of {SEEDS}: {scores}")

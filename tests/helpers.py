@@ -71,7 +71,7 @@ def fit_fixed_batch(model, ids, mask, steps: int, lr: float = 3e-3) -> list:
 @contextlib.contextmanager
 def interrupted_at_step(monkeypatch, step: int):
     """Inside the block, `electra-fast pretrain` stops as at Ctrl-C right after logging `step`."""
-    from electra_fast.pretrain import loop
+    from electra_fast.pretraining import loop
 
     real_write = loop._Log.write
 
@@ -113,3 +113,34 @@ def tiny_config(name: str, *, vocab_size: int, pad_token_id: int, **changes):
                                              attention_dropout=0.0, **changes)
     return encoders.family_config(family, vocab_size=vocab_size, pad_token_id=pad_token_id, hidden_dropout_prob=0.0,
                                      attention_probs_dropout_prob=0.0, **{**TINY_SIZES, **extra, **changes})
+
+
+def flag_actions(add_arguments) -> dict:
+    """{dest: argparse action} of the flags that `add_arguments(parser)` defines (--help left out), in order."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return {action.dest: action for action in parser._actions if action.dest != "help"}
+
+
+def command_line_of(config) -> list:
+    """The command-line arguments that give each option field of `config` (a PretrainConfig, a PrepareConfig) its
+    value, written as a user writes them (every field given, even at its default, except switches that are off)."""
+    import dataclasses
+
+    argv = []
+    for field in dataclasses.fields(config):
+        value, shape = getattr(config, field.name), field.metadata["option"]
+        flag = "--" + field.name.replace("_", "-")
+        if shape.get("action") == "store_true":
+            argv += [flag] if value else []
+        elif shape.get("action") == "boolean_optional":
+            argv += [] if value is None else [flag if value else "--no-" + flag[2:]]
+        elif value is None:
+            continue
+        elif shape.get("nargs") == "+":
+            argv += [flag, *map(str, value)] if value else []
+        else:
+            argv += [flag, str(value)]
+    return argv

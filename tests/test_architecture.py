@@ -1,5 +1,6 @@
-"""The package's structure: every backend keeps the contract, no module imports one that imports it back, and
-the launchers check what their kernels rely on before handing them pointers."""
+"""The package's structure: every backend keeps the contract, no module imports one that imports it back, the
+features import one way (LAYERS), argparse lives in `cli` modules only, bad input has one base class and one exit
+status, and the launchers check what their kernels rely on before handing them pointers."""
 import ast
 import importlib.util
 import inspect
@@ -25,15 +26,15 @@ def test_every_backend_keeps_the_contract(name):
 
 
 def _package_modules():
-    """{dotted name: file} of every module of the installed package, kernels included."""
+    """{dotted name: file} of every module of the installed package, every subpackage and kernels included."""
     import electra_fast.kernels  # shipped from its own folder (setup.py's package_dir)
 
     found = {}
-    for package in (electra_fast, electra_fast.ops.backends, electra_fast.kernels):
+    for package in (electra_fast, electra_fast.kernels):
         found[package.__name__] = package.__file__
-        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             spec = info.module_finder.find_spec(info.name)
-            if not info.ispkg and spec is not None and spec.origin and spec.origin.endswith(".py"):
+            if spec is not None and spec.origin and spec.origin.endswith(".py"):
                 found[info.name] = spec.origin
     return found
 
@@ -68,6 +69,7 @@ def _imports(name, path, modules):
 def test_no_import_cycle_inside_the_package():
     modules = _package_modules()
     assert "electra_fast.kernels.sampler" in modules and "electra_fast.ops.backends.triton_backend" in modules
+    assert "electra_fast.pretraining.loop" in modules and "electra_fast.finetune.cli" in modules  # subpackages too
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     state = {}
 
@@ -83,6 +85,74 @@ def test_no_import_cycle_inside_the_package():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+# The package's parts, lowest first: a part imports only parts of its own layer or below. "electra_fast" is the
+# package's own __init__, the public API, which gathers the op stack, models, Hugging Face, data and pretraining.
+LAYERS = (("errors", "locking", "files", "options", "schedule"),   # no feature: what every feature uses
+          ("kernels", "ops"), ("models",), ("hf",), ("data",), ("pretraining",), ("electra_fast",), ("finetune",),
+          ("benchmark",), ("cli", "__main__"))
+# Known imports against LAYERS: the `check` command's checks (ops/numerics.py) time the benchmark's baselines.
+UPWARD_EXCEPTIONS = {"electra_fast.ops.numerics"}
+# argparse outside a `cli` module: the ops' own command-line tools (`python -m electra_fast.ops.X`).
+ARGPARSE_EXCEPTIONS = {"electra_fast.ops.launch_limits", "electra_fast.ops.perf_model"}
+
+
+def _part(module: str) -> str:
+    """The part of the package that a module belongs to: electra_fast.pretraining.loop -> "pretraining"."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_the_parts_import_one_way():
+    modules = _package_modules()
+    layer = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
+    assert {_part(name) for name in modules} == set(layer), "a part of the package missing from LAYERS"
+    upward = []
+    for name, path in modules.items():
+        for imported in sorted(_imports(name, path, modules)):
+            if layer[_part(imported)] > layer[_part(name)] and name not in UPWARD_EXCEPTIONS:
+                upward.append(f"{name} -> {imported}")
+    assert not upward, "imports against the layers (" + " < ".join("/".join(p) for p in LAYERS) + "): " + \
+        ", ".join(upward)
+    assert not any(_part(i) == "pretraining" for i in _imports("electra_fast.data.prepare",
+                                                            modules["electra_fast.data.prepare"], modules))
+
+
+def _imports_argparse(path: str) -> bool:
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import) and any(alias.name == "argparse" for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "argparse":
+            return True
+    return False
+
+
+def test_argparse_only_in_cli_modules():
+    modules = _package_modules()
+    outside = sorted(name for name, path in modules.items()
+                     if _imports_argparse(path) and not name.endswith(".cli") and name not in ARGPARSE_EXCEPTIONS)
+    assert not outside, f"argparse outside a cli module: {outside}"
+    assert _imports_argparse(modules["electra_fast.pretraining.cli"])  # the check sees an import where there is one
+
+
+def test_bad_input_has_one_base_class_and_one_exit_status():
+    from electra_fast import errors, locking
+    from electra_fast.data.corpus import CorpusError
+    from electra_fast.data.shards import DataError
+    from electra_fast.finetune.data import FinetuneDataError
+    from electra_fast.pretraining.checkpoint import CheckpointError
+    from electra_fast.pretraining.plot import PlotError
+
+    for error in (CorpusError, DataError, FinetuneDataError, CheckpointError, PlotError):
+        assert issubclass(error, errors.BadInput) and issubclass(error, ValueError), error
+    assert issubclass(locking.FolderInUse, OSError)  # the commands catch OSError beside BadInput
+    assert errors.EXIT_BAD_INPUT == 2
+    defined = []
+    for name, path in _package_modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXIT_BAD_INPUT" for t in node.targets):
+                defined.append(name)
+    assert defined == ["electra_fast.errors"], defined
 
 
 def test_cpp_call_checks_its_arguments_and_writes_nothing():

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from electra_fast.pretrain import checkpoint, loop
+from electra_fast.pretraining import checkpoint, cli as pretrain_cli
 from electra_fast import locking
 from electra_fast.data import prepare
 from electra_fast.cli import main as cli_main
@@ -43,7 +43,7 @@ def pause():
 sys.exit(cli.main(sys.argv[3:]))
 '''
 AFTER_LOGGING_STEP = '''
-from electra_fast.pretrain import loop
+from electra_fast.pretraining import loop
 write = loop._Log.write
 def paused_write(self, record):
     write(self, record)
@@ -116,8 +116,8 @@ def prepared(tmp_path_factory):
 
 def pretrain(*argv) -> int:
     p = argparse.ArgumentParser()
-    loop.add_arguments(p)
-    return loop.main(p.parse_args(list(map(str, argv))))
+    pretrain_cli.add_arguments(p)
+    return pretrain_cli.main(p.parse_args(list(map(str, argv))))
 
 
 def weights(out) -> bytes:

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
+from ..errors import BadInput
+
 PIECE_BYTES = 1 << 20
 MAX_ROW_BYTES = 1 << 26  # a JSON Lines row is parsed whole; longer rows are refused rather than held
 BUILTIN = "<python help topics>"
@@ -31,7 +33,7 @@ _ARCHIVES = (".tar", ".tgz", ".zip", ".7z")
 _KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
 
 
-class CorpusError(ValueError):
+class CorpusError(BadInput):
     """Unusable corpus input; the message names the file (and line or byte offset) and the problem."""
 
 

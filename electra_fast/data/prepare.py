@@ -1,4 +1,6 @@
-"""`electra-fast prepare`: a corpus of any size into memory-mapped token shards, in bounded memory, on every core.
+"""Preparing a corpus: a corpus of any size into memory-mapped token shards, in bounded memory, on every core.
+`prepare_corpus(PrepareConfig)` is electra_fast.prepare (and `electra-fast prepare`, electra_fast.data.cli, behind
+its flags); `prepare(paths, out, ...)` does the work with plain arguments (`pretrain --corpus` calls it too).
 
     DATA/.lock               held by the run that writes DATA (electra_fast.locking); a second one is refused
     DATA/tokenizer/          the tokenizer (trained on a streamed sample of the corpus, or the one given): the same
@@ -19,94 +21,40 @@ The bytes depend on the corpus and the settings only, never on --workers.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import re
-import sys
 import time
 from collections import deque
 from typing import Sequence
 
 import numpy as np
 
-from ..pretrain import checkpoint
-from . import corpus, shards as data
 from .. import locking
-from .corpus import CorpusError, CorpusReader, Source
+from ..files import differences, write_file, write_folder
+from . import corpus, shards as data
+from .config import DEFAULT_SHARD_TOKENS, DEFAULT_TOKENIZER_SAMPLE, PrepareConfig, PreparedData
+from .corpus import CorpusReader, Source
 from .shards import FORMAT, INDEX, PROGRESS, TOKENIZER, DataError
 
 BATCH_BYTES = 1 << 20
-DEFAULT_SHARD_TOKENS = 1 << 26
-DEFAULT_TOKENIZER_SAMPLE = 100_000_000
 
 
-def add_arguments(p: argparse.ArgumentParser, *, out_flag: bool = True) -> None:
-    """The flags of `prepare` (pretrain shares the corpus and tokenizer ones; it has its own --out)."""
-    p.add_argument("--corpus", nargs="+", metavar="PATH", default=None,
-                   help="files, folders (every file below; a `datasets` save_to_disk folder) or globs: text, JSON "
-                        "Lines or Parquet, text and JSON Lines optionally .gz/.bz2/.xz/.zst (default: Python's "
-                        "pydoc help topics)")
-    p.add_argument("--documents", choices=["line", "file"], default="line",
-                   help="text files: one document per non-blank line (default) or per file")
-    p.add_argument("--text-field", default="text", help="the JSON Lines key or Parquet/Arrow column of the text")
-    p.add_argument("--skip-bad-lines", action="store_true", help="skip and count lines that are not UTF-8")
-    p.add_argument("--tokenizer", metavar="DIR", default=None,
-                   help="use this tokenizer (tokenizer.json or a BERT vocab.txt) instead of training one")
-    p.add_argument("--vocab-size", type=int, default=8000, help="size of the tokenizer trained on the corpus")
-    p.add_argument("--tokenizer-sample", type=byte_count, default=DEFAULT_TOKENIZER_SAMPLE, metavar="BYTES",
-                   help="bytes of text to train the tokenizer on, taken from every source in proportion to its "
-                        "size (default 100M; suffixes K, M, G)")
-    p.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: every core)")
-    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS,
-                   help=f"tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
-    if out_flag:
-        p.add_argument("--out", default="electra-data", help="the prepared data folder")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def byte_count(text: str) -> int:
-    """A number of bytes from the command line: 100000, 100K, 2.5M, 1G (powers of ten)."""
-    scale = {"K": 10 ** 3, "M": 10 ** 6, "G": 10 ** 9}.get(text[-1:].upper(), 1)
-    try:
-        return int(float(text[:-1] if scale > 1 else text) * scale)
-    except (ValueError, OverflowError):  # OverflowError: inf
-        raise argparse.ArgumentTypeError(f"not a finite number of bytes: {text!r}") from None
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Raises DataError naming the first flag of `prepare` outside its range."""
-    specials = len(data.SPECIALS)
-    checks = [("vocab_size", args.vocab_size > specials, f"more than the {specials} special tokens"),
-              ("tokenizer_sample", args.tokenizer_sample >= 1, "at least 1"),
-              ("workers", args.workers is None or args.workers >= 1, "at least 1"),
-              ("shard_tokens", args.shard_tokens >= 1, "at least 1")]
-    for name, ok, expected in checks:
-        if not ok:
-            raise DataError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(args, name)}")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Runs `electra-fast prepare`; returns the exit status (2 for bad input, 130 when interrupted)."""
-    try:
-        check_arguments(args)
-        index = prepare(args.corpus, args.out, tokenizer_dir=args.tokenizer, vocab_size=args.vocab_size,
-                        tokenizer_sample=args.tokenizer_sample, workers=args.workers, shard_tokens=args.shard_tokens,
-                        document_per=args.documents, text_field=args.text_field,
-                        skip_bad_lines=args.skip_bad_lines, progress=not args.quiet)
-    except (DataError, CorpusError, OSError) as e:
-        print(f"electra-fast prepare: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; run the same command again to continue {args.out}", file=sys.stderr)
-        return 130
-    print(f"{args.out}: {index['tokens']:,} tokens ({index['dtype']}) of {index['documents']:,} documents in "
-          f"{len(index['shards'])} shards" + (f"; {index['bad_lines']:,} lines skipped as not UTF-8"
-                                               if index["bad_lines"] else ""))
-    return 0
+def prepare_corpus(config: PrepareConfig) -> PreparedData:
+    """`electra-fast prepare` as a function (electra_fast.prepare): checks the config, then prepares the corpus into
+    config.out (continuing an unfinished run there, reusing a finished one with the same settings). Raises
+    BadInput (DataError, CorpusError) for bad input and locking.FolderInUse while another process writes
+    config.out; an interruption (KeyboardInterrupt) leaves whole shards that the same call continues from."""
+    config.check()
+    index = prepare(config.corpus, config.out, tokenizer_dir=config.tokenizer, vocab_size=config.vocab_size,
+                    tokenizer_sample=config.tokenizer_sample, workers=config.workers,
+                    shard_tokens=config.shard_tokens, document_per=config.documents, text_field=config.text_field,
+                    skip_bad_lines=config.skip_bad_lines, progress=not config.quiet)
+    return PreparedData(folder=config.out, tokens=index["tokens"], documents=index["documents"],
+                        shards=len(index["shards"]), bad_lines=index["bad_lines"], index=index)
 
 
 def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None = None, vocab_size: int = 8000,
@@ -141,7 +89,7 @@ def prepare(paths: Sequence[str] | None, out: str, *, tokenizer_dir: str | None 
 
         def first_write():  # the tokenizer appears only once there are tokens to write, with the settings
             if not saved:
-                checkpoint.write_folder(os.path.join(out, TOKENIZER), lambda f: data.save_tokenizer(tokenizer, f))
+                write_folder(os.path.join(out, TOKENIZER), lambda f: data.save_tokenizer(tokenizer, f))
             _write_json(os.path.join(out, PROGRESS), state)
 
         dtype = next(t for t in (np.uint8, np.uint16, np.uint32)
@@ -404,12 +352,10 @@ def _read_json(path: str) -> dict | None:
 
 
 def _write_json(path: str, value: dict) -> None:
-    checkpoint.write_file(path, json.dumps(value, indent=1))
+    write_file(path, json.dumps(value, indent=1))
 
 
 def _same_settings(out: str, saved: dict, current: dict) -> None:
-    from ..pretrain.checkpoint import differences
-
     changed = differences(saved, current)
     if changed:
         raise DataError(f"--out {out} holds data prepared otherwise ({'; '.join(changed)}); choose another folder "

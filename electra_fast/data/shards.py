@@ -17,6 +17,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import BadInput
+
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # The same roles as RoBERTa / XLM-R tokenizers spell them: a tokenizer may use either spelling for each role.
 _SPELLINGS = {"[PAD]": ("[PAD]", "<pad>"), "[UNK]": ("[UNK]", "<unk>"), "[CLS]": ("[CLS]", "<s>"),
@@ -26,7 +28,7 @@ FORMAT = "electra-fast-tokens/1"
 INDEX, PROGRESS, TOKENIZER = "index.json", "progress.json", "tokenizer"
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """Unusable input data (corpus or tokenizer); the message names the argument and the problem."""
 
 

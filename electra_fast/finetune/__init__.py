@@ -8,17 +8,18 @@ classification and regression, token classification (named entities) or extracti
 
 `electra-fast finetune` is the same from the command line. `electra-fast glue` (`glue.run_glue`) runs the GLUE
 suite as the paper does and prints its score table. Modules: `data` (readers and encoding), `metrics` (pure
-functions), `train` (models, ELECTRA's optimiser and schedule, seeds), `glue` (the suite), `glue_sample` (a small
-made-up folder in GLUE's layout), `cli`.
+functions), `train` (models, ELECTRA's optimiser with the schedule of electra_fast.schedule, seeds), `glue` (the
+suite), `glue_sample` (a small made-up folder in GLUE's layout), `cli` (the commands' flags, which make
+FinetuneOptions).
 """
 from __future__ import annotations
 
 from ..models import Encoder, load_hugging_face
 from .data import FinetuneDataError
-from .train import TASKS, FinetuneOptions, finetune, layerwise_parameter_groups, load_model, load_tokenizer
+from .train import TASKS, FinetuneOptions, finetune, layerwise_parameter_groups, load_fast_tokenizer, load_model
 
 __all__ = ["FinetuneDataError", "FinetuneOptions", "TASKS", "finetune", "layerwise_parameter_groups",
-           "load_discriminator_encoder", "load_model", "load_tokenizer"]
+           "load_discriminator_encoder", "load_fast_tokenizer", "load_model"]
 
 
 def load_discriminator_encoder(directory: str) -> Encoder:

@@ -1,17 +1,17 @@
-"""`electra-fast finetune` and `electra-fast glue`: argparse arguments and the commands' mains (exit 2 with one
-line for bad input)."""
+"""`electra-fast finetune` and `electra-fast glue`: argparse arguments, the FinetuneOptions they make, and the
+commands' mains (exit 2 with one line for bad input); and the arguments of `python -m
+electra_fast.finetune.glue_sample`."""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
 
+from ..errors import EXIT_INTERRUPTED, BadInput
 from ..locking import exclusive
-from .data import FinetuneDataError
+from ..options.cli import report_bad_input
 from .metrics import NAMES
 from .train import TASKS, FinetuneOptions, finetune
-
-EXIT_BAD_INPUT = 2
 _MODEL_HELP = ("the discriminator `electra-fast pretrain` exports (OUT/discriminator), or a local Hugging Face "
                "ELECTRA, BERT, RoBERTa/XLM-R, DeBERTa-v2/v3 or ModernBERT folder (config.json, weights, tokenizer)")
 _FROM_SCRATCH_HELP = "the same architecture with fresh weights: the baseline that shows what pretraining bought"
@@ -100,12 +100,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         with exclusive(args.out) if args.out else contextlib.nullcontext():  # one run at a time writes --out
             results = finetune(options_from(args))
-    except (FinetuneDataError, OSError) as e:
-        print(f"electra-fast finetune: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (BadInput, OSError) as e:  # OSError: locking.FolderInUse, a folder that cannot be written
+        return report_bad_input("finetune", e)
     except KeyboardInterrupt:
         print("electra-fast finetune: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     median = " ".join(f"{k} {v:.4f}" for k, v in results["median"].items())
     print(f"median of {len(results['runs'])} seed(s): {median}" + (f" | {args.out}" if args.out else ""))
     return 0
@@ -142,12 +141,23 @@ def glue_main(args: argparse.Namespace) -> int:
                                layerwise_lr_decay=args.layerwise_lr_decay, epochs=args.epochs, batch_size=args.batch_size,
                                warmup_fraction=args.warmup_fraction, weight_decay=args.weight_decay, seeds=args.seeds,
                                seed=args.seed, device=args.device, bf16=args.bf16, progress=not args.quiet)
-    except (FinetuneDataError, OSError) as e:
-        print(f"electra-fast glue: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except (BadInput, OSError) as e:
+        return report_bad_input("glue", e)
     except KeyboardInterrupt:
         print(f"electra-fast glue: interrupted; the finished tasks are kept in {args.out}: run the same command "
               "again to continue", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(score_table(summary))
     return 0
+
+
+def glue_sample_arguments(description: str, argv=None) -> argparse.Namespace:
+    """The arguments of `python -m electra_fast.finetune.glue_sample DIR [--train-rows 200] [--dev-rows 50]
+    [--seed 0]` (folder, train_rows, dev_rows, seed), which that module's main reads."""
+    parser = argparse.ArgumentParser(prog="python -m electra_fast.finetune.glue_sample", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder")
+    parser.add_argument("--train-rows", type=int, default=200)
+    parser.add_argument("--dev-rows", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)

@@ -25,10 +25,12 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..errors import BadInput
+
 IGNORE = -100  # label of positions that carry no loss (transformers' and torch's ignore_index)
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(BadInput):
     """Unusable fine-tuning input; the message names the file (and line) and the problem."""
 
 

@@ -44,7 +44,8 @@ import sys
 import types
 from dataclasses import dataclass
 
-from ..flag_checks import at_least, check_ranges
+from ..errors import at_least, check_ranges
+from ..files import write_file
 from . import data
 from .data import FinetuneDataError
 from .train import FinetuneOptions, check_options, finetune
@@ -215,8 +216,6 @@ def run_glue(data_dir: str, out: str, model: str, *, tasks=None, jobs: int = 1, 
     the same for every task; epochs, if given, replaces the per-task ones. Finished task folders are kept (and
     refused if finished with other settings). Progress goes to `log` (default stderr). Raises FinetuneDataError for
     bad input before any training."""
-    from ..pretrain.checkpoint import write_file
-
     log = log or sys.stderr
     reserved = sorted(_PER_TASK & set(settings))
     if reserved:

@@ -8,7 +8,6 @@ follows a rule of the words (`label_of`) that a fine-tuned model can learn.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import re
@@ -145,13 +144,10 @@ def write_glue_sample(folder: str, *, train_rows: int = 200, dev_rows: int = 50,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m electra_fast.finetune.glue_sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder")
-    parser.add_argument("--train-rows", type=int, default=200)
-    parser.add_argument("--dev-rows", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    """`python -m electra_fast.finetune.glue_sample DIR ...` (its flags: electra_fast.finetune.cli)."""
+    from .cli import glue_sample_arguments
+
+    args = glue_sample_arguments(__doc__, argv)
     write_glue_sample(args.folder, train_rows=args.train_rows, dev_rows=args.dev_rows, seed=args.seed)
     print(f"{args.folder}: GLUE's layout, {args.train_rows} training and {args.dev_rows} dev rows per task")
 

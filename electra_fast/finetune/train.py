@@ -28,10 +28,11 @@ from typing import Callable
 
 import torch
 
-from ..pretrain import tensorboard_events
-from ..flag_checks import at_least, check_ranges, finite_above, finite_at_least, within
+from ..pretraining import tensorboard_events
+from ..errors import at_least, check_ranges, finite_above, finite_at_least, within
+from ..files import write_folder
 from ..hf.encoders import FAMILIES
-from ..pretrain.loop import lr_multiplier
+from ..schedule import lr_multiplier
 from . import data, metrics
 from .data import FinetuneDataError
 
@@ -109,7 +110,7 @@ def _quiet_transformers(transformers):
             logging.enable_progress_bar()
 
 
-def load_tokenizer(directory: str):
+def load_fast_tokenizer(directory: str):
     """The fast tokenizer of a model folder (tokenizer.json, or a BERT vocab.txt); it gives character offsets."""
     transformers = _transformers()
     if not any(os.path.isfile(os.path.join(directory, name)) for name in ("tokenizer.json", "vocab.txt")):
@@ -219,7 +220,7 @@ def _validation_files(options: FinetuneOptions) -> list[tuple[str, str]]:
     return [("", options.validation)] + [(f"{name}_", path) for name, path in options.also_validate]
 
 
-def prepare(options: FinetuneOptions, tokenizer, positions: int) -> _Task:
+def encode_task(options: FinetuneOptions, tokenizer, positions: int) -> _Task:
     """Reads and encodes the training and validation files of options.task for a model with `positions`
     position embeddings."""
     length = _max_length(options, positions)
@@ -469,15 +470,13 @@ def finetune(options: FinetuneOptions) -> dict:
     the run whose `metric` (options.metric, else the task's primary one) is the median, in Hugging Face format with
     its tokenizer. The folder appears complete or not at all. Raises FinetuneDataError for bad input, before any
     training."""
-    from ..pretrain.checkpoint import write_folder
-
     check_options(options)
     tensorboard_events.check_available(options.tensorboard, FinetuneDataError)
     if options.tensorboard and not options.out:
         raise FinetuneDataError("--tensorboard needs --out: the event files go to OUT/tensorboard")
-    tokenizer = load_tokenizer(options.model)
+    tokenizer = load_fast_tokenizer(options.model)
     with _quiet_transformers(_transformers()):   # not its warning for each text longer than the model
-        task = prepare(options, tokenizer, load_config(options.model).max_position_embeddings)
+        task = encode_task(options, tokenizer, load_config(options.model).max_position_embeddings)
     metric = options.metric or _PRIMARY[task.kind]
     if metric not in task.metric_names:
         raise FinetuneDataError(f"--metric {metric}: a {task.kind} task reports {', '.join(task.metric_names)}")

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masked_lm import MASKED_LM_FAMILIES, mlm_head
+from ..errors import BadInput
 from ..models import EncoderConfig
+from .masked_lm import MASKED_LM_FAMILIES, mlm_head
 
 # For RTD, and for MLM; MASKED_LM_FAMILIES adds DistilBERT, which has no RTD discriminator here (MLM only).
 FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "modernbert", "electra")
@@ -54,10 +55,10 @@ def _transformers():
 
 
 def check_family(config, families: tuple = FAMILIES) -> str:
-    """config.model_type, or a ValueError naming `families` (by default FAMILIES, those electra-fast pretrains
-    by RTD)."""
+    """config.model_type, or BadInput (a ValueError) naming `families` (by default FAMILIES, those electra-fast
+    pretrains by RTD)."""
     if config.model_type not in families:
-        raise ValueError(f"model_type must be one of {families}, got {config.model_type!r}")
+        raise BadInput(f"model_type must be one of {families}, got {config.model_type!r}")
     return config.model_type
 
 
@@ -133,11 +134,12 @@ def _discriminator_parts(discriminator) -> tuple[nn.Module, nn.Module]:
 
 
 def check_shareable(generator, discriminator, embedding_sharing: str) -> None:
-    """Raises ValueError when `embedding_sharing` ("es", "gdes") cannot share these models' token embeddings."""
+    """Raises BadInput (a ValueError) when `embedding_sharing` ("es", "gdes") cannot share these models' token
+    embeddings."""
     gen_matrix = generator.base_model.get_input_embeddings().weight
     disc_matrix = _discriminator_parts(discriminator)[0].get_input_embeddings().weight
     if embedding_sharing != "none" and gen_matrix.shape != disc_matrix.shape:
-        raise ValueError(
+        raise BadInput(
             f"embedding_sharing {embedding_sharing!r} needs token embeddings of one shape, got "
             f"{tuple(gen_matrix.shape)} (generator) and {tuple(disc_matrix.shape)} (discriminator): give both the "
             "same vocab_size and embedding width (generator_sizing 'debertav3' keeps the width; ELECTRA and "
@@ -160,7 +162,7 @@ class FamilyAdapter:
 
     def __init__(self, generator, discriminator, embedding_sharing: str):
         if embedding_sharing not in EMBEDDING_SHARING:
-            raise ValueError(f"embedding_sharing must be one of {EMBEDDING_SHARING}, got {embedding_sharing!r}")
+            raise BadInput(f"embedding_sharing must be one of {EMBEDDING_SHARING}, got {embedding_sharing!r}")
         self.generator, self.discriminator = generator, discriminator
         self.generator_base = generator.base_model
         self.discriminator_base, self.rtd_head = _discriminator_parts(discriminator)
@@ -200,7 +202,7 @@ class FamilyAdapter:
     def shared_embedding(self):
         """The token-embedding matrix that both losses reach: the one matrix under "es", E_G under "gdes"."""
         if self.embedding_sharing == "none":
-            raise ValueError("embedding_sharing 'none': the models share no embedding")
+            raise BadInput("embedding_sharing 'none': the models share no embedding")
         return self.generator_base.get_input_embeddings().weight
 
     def save_discriminator(self, directory, pad_token_id):
@@ -213,7 +215,7 @@ def family_config(family: str, **fields):
     """A transformers config of `family` (one of MASKED_LM_FAMILIES) with `fields` (vocab_size, hidden_size,
     num_hidden_layers, num_attention_heads, intermediate_size, max_position_embeddings, pad_token_id, ...)."""
     if family not in MASKED_LM_FAMILIES:
-        raise ValueError(f"family must be one of {MASKED_LM_FAMILIES}, got {family!r}")
+        raise BadInput(f"family must be one of {MASKED_LM_FAMILIES}, got {family!r}")
     fields = {_field_name(family, name): value for name, value in fields.items()}
     transformers = _transformers()
     defaults = transformers.CONFIG_MAPPING[family]()
@@ -232,9 +234,9 @@ def generator_config(discriminator_config, sizing: str = "debertav3", fraction: 
       width and cannot be shared);
     - "debertav3": DeBERTa-v3's, the same width and half the depth (at least one layer)."""
     if sizing not in GENERATOR_SIZING:
-        raise ValueError(f"generator_sizing must be one of {GENERATOR_SIZING}, got {sizing!r}")
+        raise BadInput(f"generator_sizing must be one of {GENERATOR_SIZING}, got {sizing!r}")
     if not 0 < fraction <= 1:
-        raise ValueError(f"generator_fraction must be in (0, 1], got {fraction}")
+        raise BadInput(f"generator_fraction must be in (0, 1], got {fraction}")
     config = copy.deepcopy(discriminator_config)
     if sizing == "debertav3":
         config.num_hidden_layers = max(1, discriminator_config.num_hidden_layers // 2)
@@ -247,7 +249,7 @@ def generator_config(discriminator_config, sizing: str = "debertav3", fraction: 
     config.hidden_size = max(heads, round(discriminator_config.hidden_size * fraction / heads) * heads)
     config.intermediate_size = max(1, round(discriminator_config.intermediate_size * fraction))
     if check_family(config) == "deberta-v2" and not config.legacy:
-        raise ValueError("generator_sizing 'electra' narrows the width below the embedding's, which DeBERTa-v2's "
+        raise BadInput("generator_sizing 'electra' narrows the width below the embedding's, which DeBERTa-v2's "
                          "non-legacy MLM head (a product with the token embedding itself) cannot take: use "
                          "legacy=True or generator_sizing 'debertav3'")
     if check_family(config) in ("electra", "deberta-v2"):
@@ -275,10 +277,10 @@ def _config(spec, argument: str, fields: dict, families: tuple = FAMILIES):
     elif isinstance(spec, str) and os.path.isfile(os.path.join(spec, "config.json")):
         config = transformers.AutoConfig.from_pretrained(spec)
     elif isinstance(spec, str) and spec in MASKED_LM_FAMILIES:
-        raise ValueError(f"{spec} has no RTD {argument} here: pretrain it with --objective mlm, or choose one of "
+        raise BadInput(f"{spec} has no RTD {argument} here: pretrain it with --objective mlm, or choose one of "
                          f"{', '.join(families)}")
     else:
-        raise ValueError(f"{argument} must be a family ({', '.join(families)}), a transformers config or a folder "
+        raise BadInput(f"{argument} must be a family ({', '.join(families)}), a transformers config or a folder "
                          f"holding config.json, got {spec!r}")
     check_family(config, families)
     return config
@@ -321,12 +323,13 @@ def build_models(discriminator, generator=None, *, vocab_size: int, pad_token_id
     """(generator, discriminator) models. Each spec is a family name (then the config takes vocab_size,
     pad_token_id and `config_fields`), a transformers config, or a local folder (its weights loaded when present).
     Without `generator`, the generator's config comes from the discriminator's by `generator_config`. Raises
-    ValueError when a model's vocabulary is smaller than `vocab_size` (the tokenizer's; a larger one is padding,
-    never sampled), and for embedding_sharing "gdes" with a discriminator folder that holds weights (GDES starts
-    E_delta at zero, so its token embedding would be dropped; a GDES run continues with `pretrain --resume`)."""
+    BadInput (a ValueError) when a model's vocabulary is smaller than `vocab_size` (the tokenizer's; a larger one
+    is padding, never sampled), and for embedding_sharing "gdes" with a discriminator folder that holds weights
+    (GDES starts E_delta at zero, so its token embedding would be dropped; a GDES run continues with `pretrain
+    --resume`)."""
     if embedding_sharing == "gdes" and isinstance(discriminator, str) and discriminator not in FAMILIES \
             and _has_weights(discriminator):
-        raise ValueError(f"embedding_sharing 'gdes' starts the discriminator's embedding at the generator's "
+        raise BadInput(f"embedding_sharing 'gdes' starts the discriminator's embedding at the generator's "
                          f"(E_delta = 0) and would drop the trained one in {discriminator}: give a folder with "
                          "config.json alone, continue a run with --resume, or choose 'es' or 'none'")
     fields = {"vocab_size": vocab_size, "pad_token_id": pad_token_id, **config_fields}
@@ -337,7 +340,7 @@ def build_models(discriminator, generator=None, *, vocab_size: int, pad_token_id
         gen = build_generator(generator, fields=positions_for(generator, fields))
     for name, model in (("generator", gen), ("discriminator", disc)):
         if model.config.vocab_size < vocab_size:
-            raise ValueError(f"{name}: its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
+            raise BadInput(f"{name}: its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
     return gen, disc
 
 
@@ -350,7 +353,7 @@ def positions_for(spec, fields: dict) -> dict:
 
 
 def encoder_config(config) -> EncoderConfig:
-    """An EncoderConfig of a transformers config, for electra_fast.pretrain.flops: the count is an approximation for
+    """An EncoderConfig of a transformers config, for electra_fast.pretraining.flops: the count is an approximation for
     families that are not BERT-shaped (it ignores DeBERTa's relative-position attention, ModernBERT's gated
     feed-forward and local attention, and counts the generator's MLM transform at the embedding width)."""
     return EncoderConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
@@ -384,73 +387,3 @@ def save_discriminator(generator, discriminator, directory: str) -> None:
         save_file(state, os.path.join(directory, RTD_HEAD),
                   metadata={"format": "pt", "activation": head.activation_name})
     generator.save_pretrained(os.path.join(directory, GENERATOR_FOLDER))
-
-
-# ---------------------------------------------------------------------------------------------- the command line
-
-def add_arguments(p) -> None:
-    """`electra-fast pretrain`'s choice of Hugging Face models."""
-    p.add_argument("--discriminator", metavar="FAMILY|DIR", default=None,
-                   help=f"a Hugging Face discriminator: a family ({', '.join(FAMILIES)}; with --objective mlm "
-                        "also distilbert; sized by --hidden-size, --num-layers, ... and the preset) or a config/model "
-                        "folder; default: the built-in ELECTRA")
-    p.add_argument("--generator", metavar="FAMILY|DIR", default=None,
-                   help="the generator, likewise (with --discriminator); default: derived by --generator-sizing")
-    p.add_argument("--generator-sizing", choices=GENERATOR_SIZING, default=None,
-                   help="the derived generator: ELECTRA's (a quarter of the width) or DeBERTa-v3's (the same width, "
-                        "half the depth; default)")
-    p.add_argument("--embedding-sharing", choices=EMBEDDING_SHARING, default="es",
-                   help="es: one token embedding for both models (ELECTRA's; default); gdes: DeBERTa-v3's "
-                        "gradient-disentangled sharing; none")
-
-
-def _config_fields(args) -> dict:
-    """A family name's config fields from `electra-fast pretrain`'s size flags, else the preset's sizes."""
-    from ..models import PRESETS
-
-    preset = PRESETS[args.preset]
-    fields = {"hidden_size": args.hidden_size or preset["hidden_size"], "num_hidden_layers": args.num_layers,
-              "num_attention_heads": args.num_heads or preset["num_heads"],
-              "intermediate_size": args.intermediate_size or preset["intermediate_size"],
-              "max_position_embeddings": args.max_positions}
-    if args.embedding_size is not None and args.discriminator in ("electra", "deberta-v2"):
-        fields["embedding_size"] = args.embedding_size
-    return fields
-
-
-def _one_line(args, error: ValueError):
-    """DataError naming the flags, for a family, folder or sizing that does not fit."""
-    from ..data.shards import DataError
-
-    flags = f"--discriminator {args.discriminator}" + (f" / --generator {args.generator}" if args.generator else "")
-    return DataError(f"{flags}: {str(error).splitlines()[0]}")
-
-
-def models_from_arguments(args, *, vocab_size: int, pad_token_id: int):
-    """(generator, discriminator) of `electra-fast pretrain --discriminator ...`, checked to share their embeddings
-    as --embedding-sharing says; a family name's config takes the size flags (else the preset's sizes), the
-    tokenizer's vocabulary and pad id. Raises DataError naming the flags."""
-    try:
-        generator, discriminator = build_models(args.discriminator, args.generator, vocab_size=vocab_size,
-                                                pad_token_id=pad_token_id,
-                                                generator_sizing=args.generator_sizing or "debertav3",
-                                                embedding_sharing=args.embedding_sharing, **_config_fields(args))
-        check_shareable(generator, discriminator, args.embedding_sharing)
-    except ValueError as e:
-        raise _one_line(args, e) from None
-    return generator, discriminator
-
-
-def masked_lm_from_arguments(args, *, vocab_size: int, pad_token_id: int):
-    """The XxxForMaskedLM of `electra-fast pretrain --objective mlm --discriminator FAMILY|DIR`, sized as
-    models_from_arguments sizes the discriminator. Raises DataError naming the flag."""
-    fields = positions_for(args.discriminator, {"vocab_size": vocab_size, "pad_token_id": pad_token_id,
-                                                **_config_fields(args)})
-    try:
-        model = build_generator(args.discriminator, argument="discriminator", fields=fields,
-                                families=MASKED_LM_FAMILIES)
-        if model.config.vocab_size < vocab_size:
-            raise ValueError(f"its vocab_size {model.config.vocab_size} is below the tokenizer's {vocab_size}")
-    except ValueError as e:
-        raise _one_line(args, e) from None
-    return model

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from electra_fast.data import corpus, shards as data, prepare
+from electra_fast.data import cli as prepare_cli, corpus, shards as data, prepare
 from helpers import REPOSITORY
 
 LINES = [line for record in corpus.CorpusReader(corpus.find_sources(None))
@@ -51,8 +51,8 @@ def all_sequences(folder, seq_len):
 
 def run_prepare(*argv):
     p = argparse.ArgumentParser()
-    prepare.add_arguments(p)
-    return prepare.main(p.parse_args([*map(str, argv), "--quiet"]))
+    prepare_cli.add_arguments(p)
+    return prepare_cli.main(p.parse_args([*map(str, argv), "--quiet"]))
 
 
 def one_line_error(capsys, *parts):
@@ -274,7 +274,7 @@ def test_two_prepares_with_different_workers_write_the_same_bytes(tmp_path):
 
 
 def test_two_pretrain_runs_on_one_corpus_give_the_same_weights(tmp_path):
-    from electra_fast.pretrain import loop
+    from electra_fast.pretraining import cli as pretrain_cli
 
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(LINES) + "\n", encoding="utf-8")
@@ -286,11 +286,11 @@ def test_two_pretrain_runs_on_one_corpus_give_the_same_weights(tmp_path):
                    check=True, capture_output=True, timeout=300, cwd=tmp_path,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     p = argparse.ArgumentParser()
-    loop.add_arguments(p)
+    pretrain_cli.add_arguments(p)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert loop.main(p.parse_args([*argv, "--out", str(tmp_path / "b")])) == 0
+        assert pretrain_cli.main(p.parse_args([*argv, "--out", str(tmp_path / "b")])) == 0
     finally:
         torch.set_num_threads(threads)
     a, b = (_folder_bytes(tmp_path / run) for run in "ab")

@@ -147,7 +147,7 @@ def test_conll_reader_and_first_sub_token_labels(pretrained, tmp_path):
     sentences = data.read_conll(str(conll))
     assert [(s.words, s.tags, s.lines) for s in sentences] == [
         (["Riverstone", "quiet"], ["B-LOC", "O"], [3, 4]), (["Mango"], ["B-FOOD"], [7])]
-    tokenizer = train.load_tokenizer(str(pretrained))
+    tokenizer = train.load_fast_tokenizer(str(pretrained))
     features, cut = data.encode_sentences(tokenizer, sentences, {"B-LOC": 0, "O": 1, "B-FOOD": 2}, 64)
     pieces = tokenizer.convert_ids_to_tokens(features[0]["input_ids"])
     split = len(tokenizer.tokenize("Riverstone"))
@@ -159,7 +159,7 @@ def test_conll_reader_and_first_sub_token_labels(pretrained, tmp_path):
 
 
 def test_question_windows_hold_every_answer_and_map_back_exactly(pretrained, tmp_path):
-    tokenizer = train.load_tokenizer(str(pretrained))
+    tokenizer = train.load_fast_tokenizer(str(pretrained))
     questions, v2 = data.read_squad(str(_squad(tmp_path / "long.json", 30, random.Random(1), v2=False,
                                                words=(40, 80))))
     assert not v2
@@ -462,7 +462,7 @@ def test_tensorboard_events_hold_each_steps_loss_lr_and_the_scores_of_each_seed(
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from electra_fast.pretrain.loop import lr_multiplier
+    from electra_fast.schedule import lr_multiplier
 
     rng = random.Random(5)
     train_file = _write_tsv(tmp_path / "train.tsv", _fruit_sentences(40, rng))

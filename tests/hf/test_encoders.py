@@ -166,7 +166,7 @@ def test_padded_vocabulary_ids_are_never_sampled(monkeypatch):
         seen.append((hidden, weight, bias, targets, result))
         return result
 
-    monkeypatch.setattr(electra_fast.pretrain.objectives.api, "generator_loss_and_sample", spy)
+    monkeypatch.setattr(electra_fast.pretraining.objectives.api, "generator_loss_and_sample", spy)
     ids, mask = _batch()
     ids = ids.masked_fill(ids >= tokenizer_vocab, 7)
     for seed in range(5):
@@ -276,12 +276,12 @@ def roberta_corpus(tmp_path_factory):
 
 
 def _pretrain(out, corpus, *extra):
-    from electra_fast.pretrain import loop
+    from electra_fast.pretraining import cli
 
     p = argparse.ArgumentParser()
-    loop.add_arguments(p)
+    cli.add_arguments(p)
     path, tokenizer = corpus
-    return loop.main(p.parse_args(["--corpus", path, "--tokenizer", tokenizer, "--num-layers", "2",
+    return cli.main(p.parse_args(["--corpus", path, "--tokenizer", tokenizer, "--num-layers", "2",
                                       "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
                                       "--seq-len", "24", "--batch-size", "2", "--max-positions", "32",
                                       "--steps", "4", "--save-every", "2", "--out", str(out), *extra]))
@@ -293,7 +293,7 @@ def _pretrain(out, corpus, *extra):
 def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_corpus, monkeypatch, flags):
     from safetensors.torch import load_file
 
-    from electra_fast.pretrain import checkpoint
+    from electra_fast.pretraining import checkpoint
 
     assert _pretrain(tmp_path / "a", roberta_corpus, *flags) == 0
     with interrupted_at_step(monkeypatch, 3):
@@ -333,7 +333,7 @@ def test_pretrain_command_refuses_bad_model_choices_in_one_line(tmp_path, robert
 
 
 def test_electra_15_objective_takes_hugging_face_models(tmp_path, roberta_corpus):
-    from electra_fast.pretrain import checkpoint
+    from electra_fast.pretraining import checkpoint
 
     assert _pretrain(tmp_path, roberta_corpus, "--discriminator", "bert", "--objective", "electra-15") == 0
     config = checkpoint.read_manifest(checkpoint.latest(tmp_path))["config"]
@@ -345,7 +345,7 @@ def test_electra_15_objective_takes_hugging_face_models(tmp_path, roberta_corpus
 def test_mlm_objective_pretrains_a_hugging_face_family_and_exports_its_masked_lm(tmp_path, roberta_corpus):
     from safetensors.torch import load_file
 
-    from electra_fast.pretrain import checkpoint
+    from electra_fast.pretraining import checkpoint
 
     assert _pretrain(tmp_path, roberta_corpus, "--discriminator", "roberta", "--objective", "mlm",
                      "--masking", "bert") == 0
@@ -373,7 +373,7 @@ def test_mlm_objective_pretrains_and_exports_every_masked_lm_family(tmp_path, ro
     its own format: AutoModelForMaskedLM loads the trained weights."""
     from safetensors.torch import load_file
 
-    from electra_fast.pretrain import checkpoint
+    from electra_fast.pretraining import checkpoint
 
     assert _pretrain(tmp_path, roberta_corpus, "--discriminator", family, "--objective", "mlm") == 0
     with open(tmp_path / "log.jsonl") as f:

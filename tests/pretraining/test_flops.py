@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from electra_fast.pretrain import flops
+from electra_fast.pretraining import flops
 from electra_fast.models import EncoderConfig, preset_configs
 
 TINY = EncoderConfig(vocab_size=10, hidden_size=4, num_layers=1, num_heads=2, intermediate_size=8, embedding_size=4)

@@ -1,18 +1,17 @@
-"""`electra-fast plot RUN [RUN ...]`: the metrics of several pretraining runs' `log.jsonl` in one figure, one panel
-per metric, one line per run, against steps, tokens or training FLOPs (e.g. the objectives of
-bench/rtd_vs_mlm.py against FLOPs)."""
+"""`electra-fast plot RUN [RUN ...]` (its flags: electra_fast.pretraining.cli): the metrics of several pretraining
+runs' `log.jsonl` in one figure, one panel per metric, one line per run, against steps, tokens or training FLOPs
+(e.g. the objectives of bench/rtd_vs_mlm.py against FLOPs)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
+
+from ..errors import BadInput
 
 X_AXES = {"steps": "step", "tokens": "tokens", "flops": "total_flops"}  # --x -> the log's field
-EXIT_BAD_INPUT = 2
 
 
-class PlotError(ValueError):
+class PlotError(BadInput):
     """A run folder, metric or axis that cannot be plotted; the message names it."""
 
 
@@ -57,24 +56,3 @@ def plot_runs(runs: list[str], png_path: str, *, x: str = "steps", metrics=("los
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="pretraining output folders (each with log.jsonl)")
-    p.add_argument("--x", default="steps", choices=list(X_AXES), help="the horizontal axis (default steps)")
-    p.add_argument("--metrics", nargs="+", default=["loss"], metavar="NAME",
-                   help="logged fields, e.g. loss mlm_loss rtd_loss disc_accuracy valid_loss (default loss)")
-    p.add_argument("--out", required=True, metavar="PNG", help="the figure to write")
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        plot_runs(args.runs, args.out, x=args.x, metrics=tuple(args.metrics))
-    except PlotError as e:
-        print(f"electra-fast plot: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ImportError:
-        print("electra-fast plot: error: needs matplotlib (pip install matplotlib)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(args.out)
-    return 0

@@ -4,7 +4,7 @@ import torch
 
 import electra_fast
 from electra_fast import ElectraPretrainer
-from electra_fast.pretrain import rtd_metrics
+from electra_fast.pretraining import rtd_metrics
 from helpers import fit_fixed_batch, padded_batch
 
 V, MASK, CLS, SEP, PAD = 120, 3, 1, 2, 0
@@ -162,11 +162,11 @@ def test_temperature_and_disallow_correct_are_used():
         seen.append(kwargs)
         return real(*args, **kwargs)
 
-    electra_fast.pretrain.objectives.api.generator_loss_and_sample = spy
+    electra_fast.pretraining.objectives.api.generator_loss_and_sample = spy
     try:
         model(ids, mask)
     finally:
-        electra_fast.pretrain.objectives.api.generator_loss_and_sample = real
+        electra_fast.pretraining.objectives.api.generator_loss_and_sample = real
     assert seen[0]["disallow_correct"] is True and seen[0]["temperature"] == 0.5
 
 
@@ -226,7 +226,7 @@ def test_head_gets_max_predictions_slots_per_row(monkeypatch):
         targets.append(t)
         return real(hidden, weight, bias, t, **kwargs)
 
-    monkeypatch.setattr(electra_fast.pretrain.objectives.api, "generator_loss_and_sample", spy)
+    monkeypatch.setattr(electra_fast.pretraining.objectives.api, "generator_loss_and_sample", spy)
     ids, mask = _batch()  # rows of 24, 19, 15 and 6 tokens: 22, 17, 13 and 4 eligible
     _builtin()(ids, mask)
     _builtin(max_predictions=2)(ids, mask)

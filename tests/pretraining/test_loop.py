@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from electra_fast.pretrain import checkpoint, loop as trainer
+from electra_fast.pretraining import checkpoint, cli as pretrain_cli, loop as trainer
 from electra_fast.data import shards
-from electra_fast.pretrain.objectives import ElectraPretrainer
+from electra_fast.pretraining.objectives import ElectraPretrainer
 from helpers import interrupted_at_step
 
 TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
@@ -41,10 +41,10 @@ def corpus(tmp_path_factory):
 
 def _run(out, corpus, *extra, tokenizer=True):
     p = argparse.ArgumentParser()
-    trainer.add_arguments(p)
+    pretrain_cli.add_arguments(p)
     path, tok = corpus
     args = ["--corpus", path, *(["--tokenizer", tok] if tokenizer else []), *TINY, "--out", str(out), *extra]
-    return trainer.main(p.parse_args(args))
+    return pretrain_cli.main(p.parse_args(args))
 
 
 def _log(out):
@@ -249,9 +249,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_checkpoint(trained, corpus,
     bad = [b.format(empty=tmp_path / "empty.txt", garbage=tmp_path / "garbage") for b in bad]
     before = _files(trained)
     p = argparse.ArgumentParser()
-    trainer.add_arguments(p)
+    pretrain_cli.add_arguments(p)
     args = p.parse_args(["--corpus", corpus[0], *TINY, "--steps", "6", "--out", str(trained), "--resume", *bad])
-    assert trainer.main(args) == 2
+    assert pretrain_cli.main(args) == 2
     _refused(capsys, message)
     assert _files(trained) == before
 
@@ -354,7 +354,7 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
 
 
 def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsys):
-    from electra_fast.pretrain import flops
+    from electra_fast.pretraining import flops
     from electra_fast.models import EncoderConfig
 
     assert _run(tmp_path / "a", corpus, "--steps", "2") == 0
@@ -408,10 +408,10 @@ def test_pretrain_on_prepared_data_refuses_bad_data(tmp_path, corpus, capsys):
     folder = tmp_path / "data"
     prepare.prepare([corpus[0]], str(folder), tokenizer_dir=corpus[1], shard_tokens=500, progress=False)
     p = argparse.ArgumentParser()
-    trainer.add_arguments(p)
+    pretrain_cli.add_arguments(p)
 
     def pretrain(*extra):
-        return trainer.main(p.parse_args(["--data", str(folder), *TINY, "--steps", "2", "--out",
+        return pretrain_cli.main(p.parse_args(["--data", str(folder), *TINY, "--steps", "2", "--out",
                                           str(tmp_path / "run"), *extra]))
 
     other = tmp_path / "other-tokenizer"
@@ -526,7 +526,7 @@ def test_a_line_averages_the_steps_since_the_previous_one_and_a_resume_keeps_the
     discriminator's AUC, precision and recall are those of all their micro-batches' tokens together, the other
     fields are those of the line's step; a run interrupted after step 6 resumes at step 5 to the same lines."""
     from electra_fast.ops import api
-    from electra_fast.pretrain import rtd_metrics
+    from electra_fast.pretraining import rtd_metrics
 
     flags = ["--steps", "9", "--grad-accum", "2", "--save-every", "5", "--valid-sequences", "3", "--eval-every", "6"]
     assert _run(tmp_path / "every", corpus, *flags, "--log-every", "1") == 0
@@ -604,7 +604,7 @@ def test_two_processes_through_torchrun(tmp_path, corpus):
 
 
 def test_mlm_objective_counts_its_own_flops_logs_its_metrics_and_resumes_only_as_mlm(tmp_path, corpus, capsys):
-    from electra_fast.pretrain import flops
+    from electra_fast.pretraining import flops
     from electra_fast.models import EncoderConfig
 
     assert _run(tmp_path, corpus, "--objective", "mlm", "--steps", "2") == 0

@@ -153,7 +153,7 @@ class Pretrainer(nn.Module):
         raise NotImplementedError
 
     def sequence_flops(self, seq_len: int) -> float:
-        """Training FLOPs of one sequence as the ELECTRA paper counts them (electra_fast.pretrain.flops)."""
+        """Training FLOPs of one sequence as the ELECTRA paper counts them (electra_fast.pretraining.flops)."""
         raise NotImplementedError
 
     def save_pretrained(self, directory: str) -> None:

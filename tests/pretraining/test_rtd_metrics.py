@@ -1,10 +1,10 @@
-"""The discriminator's metrics (electra_fast.pretrain.rtd_metrics) against scikit-learn's."""
+"""The discriminator's metrics (electra_fast.pretraining.rtd_metrics) against scikit-learn's."""
 import math
 
 import pytest
 import torch
 
-from electra_fast.pretrain import rtd_metrics
+from electra_fast.pretraining import rtd_metrics
 
 sklearn = pytest.importorskip("sklearn.metrics")
 
