@@ -1,5 +1,5 @@
 // CPU kernels of electra-fast: the fused epilogues of the generator head, the chunked Gumbel-max sampler
-// (SPEC §3), REPLACE and the RTD loss. Plain pybind11 over data pointers, no libtorch link (SPEC §7): the
+// (contract §3), REPLACE and the RTD loss. Plain pybind11 over data pointers, no libtorch link (contract §7): the
 // Python side passes tensor.data_ptr() values and shapes, and keeps the tensors alive during the call.
 #include <pybind11/pybind11.h>
 
@@ -13,14 +13,14 @@ namespace py = pybind11;
 
 namespace {
 
-constexpr int64_t kChunk = 128;  // SPEC §3: canonical sampler chunk, independent of any tile size
+constexpr int64_t kChunk = 128;  // contract §3: canonical sampler chunk, independent of any tile size
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 template <typename T>
 T* ptr(uintptr_t address) { return reinterpret_cast<T*>(address); }
 
 // ---------------------------------------------------------------------------------------------------------
-// Random numbers: Philox4x32-10 (Random123), counter (j >> 2, row, stream, 0), word j & 3 (SPEC §3).
+// Random numbers: Philox4x32-10 (Random123), counter (j >> 2, row, stream, 0), word j & 3 (contract §3).
 struct Words { uint32_t w[4]; };
 
 inline Words philox4x32_10(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3) {
@@ -171,7 +171,7 @@ void head_forward_tile(uintptr_t logits_p, int64_t rows, int64_t width, int64_t 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Sampler (SPEC §3). Stage 1 picks a chunk by Gumbel-max over the chunk log-masses; stage 2 picks an id inside
+// Sampler (contract §3). Stage 1 picks a chunk by Gumbel-max over the chunk log-masses; stage 2 picks an id inside
 // it by Gumbel-max over its 128 logits, read from `logits` [rows, V] when given, else recomputed as
 // hidden[r] . weight[v] + bias[v] (all float32, row-major). Ties go to the lowest index; if no candidate has a
 // finite key the sample is the lowest allowed id.
