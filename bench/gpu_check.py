@@ -408,7 +408,7 @@ def run_all(phases: list[Phase], deadline_at: float, out_dir: str, environment: 
             indent=1))
         write_atomically(os.path.join(out_dir, SUMMARY), summary_text(results, reports, header) + "\n")
 
-    for index, (phase, result) in enumerate(zip(phases, results)):
+    for index, (phase, result) in enumerate(zip(phases, results, strict=True)):
         missing = [name for name in phase.needs if not package_present(name)]
         if missing:
             result.update(status="missing", detail=f"not run: no Python package {', '.join(missing)}",
@@ -557,7 +557,8 @@ def tests_child(shards: int, dry_run: bool, tests_dir: str = TESTS_DIR) -> int:
                        re.findall(r"(\d+) (failed|passed|skipped|errors?|xfailed|xpassed)\b", last)})
     ran = sum(counts.values())
     print(f"shards: {', '.join(f'{n} {word}' for word, n in counts.items()) or 'no summary'}; " + "; ".join(
-        f"{k}/{shards} exit {code}: {last}" for k, (code, last) in enumerate(zip(codes, last_lines), 1)), flush=True)
+        f"{k}/{shards} exit {code}: {last}"
+        for k, (code, last) in enumerate(zip(codes, last_lines, strict=True), 1)), flush=True)
     if not any(codes) and ran < count:  # every shard passed, yet fewer tests ran than were selected
         failures.append(f"FAILED NOW the shards ran {ran} of the {count} tests selected")
         print(f"[select] {failures[-1]}", flush=True)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from electra_fast import ElectraPretrainer, mask_tokens
-from electra_fast.hf import encoders
 from electra_fast.benchmark import peak_memory_mb
 from electra_fast.benchmark.baselines import gumbel_sample
 from electra_fast.benchmark.report import environment
+from electra_fast.hf import encoders
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 VARIANTS = ("eager-full", "electra-fast")

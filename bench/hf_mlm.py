@@ -15,8 +15,8 @@ state, which are the same for every variant (AdamW's own temporaries, the same t
 "head MB" is the extra above the floor's: the head's own. HF eager is skipped, with the reason, where its logits
 alone would pass --eager-logits-gb.
 
-    python bench/masked_lm.py                                  # every family, 8 x 128 and 16 x 512
-    python bench/masked_lm.py --families xlm-roberta --batches 8x128
+    python bench/hf_mlm.py                                  # every family, 8 x 128 and 16 x 512
+    python bench/hf_mlm.py --families xlm-roberta --batches 8x128
 """
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from hf_families import time_steps
 
 import electra_fast
-from electra_fast.hf import encoders as hf_encoders, masked_lm
 from electra_fast.benchmark import peak_memory_mb
 from electra_fast.benchmark.report import environment
-from hf_families import time_steps
+from electra_fast.hf import encoders as hf_encoders
+from electra_fast.hf import masked_lm
 
 # family name -> (model_type, released vocabulary, config fields beyond the tiny sizes)
 FAMILIES = {"bert": ("bert", 30522, {}), "roberta": ("roberta", 50265, {}),

@@ -8,10 +8,10 @@ scratch.
 
 For each objective (`electra`, `mlm`, and the paper's ablation `electra-15`, RTD at the masked positions only)
 `electra-fast pretrain --objective O --max-flops F` trains the same encoder on the same data, exporting at F/8,
-F/4, F/2 and F (FLOPs counted as the paper's script counts them: electra_fast.pretraining.flops); every export, and the same
-encoder freshly initialised (`finetune --from-scratch`), is fine-tuned with `electra-fast finetune` for `--seeds`
-seeds. Jobs run as separate processes, `--jobs` at a time, each on `--threads` threads. OUT gets `results.json`
-(every run, per-point medians and ranges, settings, versions, timings), `results.png` (the figure),
+F/4, F/2 and F (FLOPs counted as the paper's script counts them: electra_fast.pretraining.flops); every export,
+and the same encoder freshly initialised (`finetune --from-scratch`), is fine-tuned with `electra-fast finetune` for
+`--seeds` seeds. Jobs run as separate processes, `--jobs` at a time, each on `--threads` threads. OUT gets
+`results.json` (every run, per-point medians and ranges, settings, versions, timings), `results.png` (the figure),
 `discriminator.png` (the discriminator's AUC, accuracy, precision and recall against FLOPs) and markdown tables on
 stdout; the pretraining runs and fine-tuned models stay under OUT/pretrain and OUT/finetune.
 
@@ -52,8 +52,8 @@ PRESETS = {
                 finetune=[], seeds=3, jobs=2, threads=1),
     # ELECTRA-Small (12 layers, hidden 256, quarter-width generator), batch 128 x 128, bf16, compiled; the
     # smallest point is the paper's 6.25% of ELECTRA-Small's training, 8.9e16 FLOPs.
-    "gpu": dict(model=["--num-layers", "12"], vocab_size=None, pretrain=["--seq-len", "128", "--batch-size", "128", "--bf16",
-                                                       "--compile"],
+    "gpu": dict(model=["--num-layers", "12"], vocab_size=None,
+                pretrain=["--seq-len", "128", "--batch-size", "128", "--bf16", "--compile"],
                 max_flops=8 * 8.9e16, points=4, finetune=[], seeds=3, jobs=1, threads=None),
     # Two tiny points per objective, one seed: seconds.
     "smoke": dict(model=["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
@@ -187,14 +187,15 @@ def pretraining_table(summary: dict) -> str:
                ("recall", "disc_recall"), ("valid MLM loss", "valid_mlm_loss"), ("valid disc. AUC", "valid_disc_auc")]
     rows = ["| objective | steps | FLOPs | tokens/s | " + " | ".join(name for name, _ in columns) + " |",
             "|---|" + "---|" * (3 + len(columns))]
-    for objective, last in summary.items():
-        def cell(key):
-            return f"{last[key]:.3f}" if key in last else "–"
+    def cell(last, key):
+        return f"{last[key]:.3f}" if key in last else "–"
 
-        cells = {"gen./MLM accuracy": cell("gen_accuracy") if "gen_accuracy" in last else cell("mlm_accuracy"),
+    for objective, last in summary.items():
+        accuracy = "gen_accuracy" if "gen_accuracy" in last else "mlm_accuracy"
+        cells = {"gen./MLM accuracy": cell(last, accuracy),
                  "1 − replaced": f"{1 - last['replaced_fraction']:.3f}" if "replaced_fraction" in last else "–"}
         rows.append(f"| {objective} | {last['step']} | {last['total_flops']:.3g} | {last['tokens_per_s']:,.0f} | "
-                    + " | ".join(cells.get(name) or cell(key) for name, key in columns) + " |")
+                    + " | ".join(cells.get(name) or cell(last, key) for name, key in columns) + " |")
     return "\n".join(rows)
 
 

@@ -60,7 +60,8 @@ def build(wordnet: str, out: str, *, train: int = 4000, validation: int = 1000, 
         for _, definition, examples in rows[validation:]:
             f.writelines(text + "\n" for text in [definition, *examples])
     return (f"{len(rows)} synsets with a definition, {len({r[0] for r in rows})} supersenses: "
-            f"{len(training)} train, {len(held_out)} validation, corpus of {len(rows) - len(held_out)} synsets in {out}")
+            f"{len(training)} train, {len(held_out)} validation, corpus of {len(rows) - len(held_out)} synsets in "
+            f"{out}")
 
 
 def main():

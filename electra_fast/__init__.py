@@ -1,5 +1,5 @@
-"""electra-fast: fused kernels for ELECTRA pretraining (docs/contract.md: the generator head, its sampler, REPLACE and the
-replaced-token-detection loss), as one PyTorch API and as torch.ops.electra_fast.*."""
+"""electra-fast: fused kernels for ELECTRA pretraining (docs/contract.md: the generator head, its sampler, REPLACE
+and the replaced-token-detection loss), as one PyTorch API and as torch.ops.electra_fast.*."""
 import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 
 # Run from a source checkout's root after a plain `pip install .`, this folder comes first on sys.path and shadows
@@ -7,14 +7,14 @@ import torch  # noqa: F401  (before the C++ extension: one OpenMP runtime)
 # `electra_fast.kernels`. Submodules are then looked for in the installed copy too (an editable install needs none).
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
+from . import models
+from .data.config import PrepareConfig, PreparedData
+from .hf.masked_lm import patch_masked_lm, unpatch_masked_lm
 from .ops.api import generator_loss_and_sample, replace_, rtd_loss, sample_logits
 from .ops.masking import MaskedInputs, MaskedSlots, mask_token_slots, mask_tokens
 from .ops.settings import get_backend, set_backend, set_logits_budget, set_value_checks, use_backend
-from .hf.masked_lm import patch_masked_lm, unpatch_masked_lm
-from .pretraining.objectives import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 from .pretraining.config import PretrainConfig, PretrainResult
-from .data.config import PrepareConfig, PreparedData
-from . import models
+from .pretraining.objectives import ElectraOutput, ElectraPretrainer, MlmOutput, MlmPretrainer
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:

@@ -202,7 +202,7 @@ def fold_rows(logits, bias, targets, *, ignore_index, temperature, disallow_corr
         out = tuple(torch.empty(shape, dtype=dtype, device=dev) for shape, dtype in shapes.values())
     if len(out) != len(shapes):
         raise ValueError(f"out must be the four tensors ({', '.join(shapes)}), got {len(out)}")
-    for (name, (shape, dtype)), tensor in zip(shapes.items(), out):
+    for (name, (shape, dtype)), tensor in zip(shapes.items(), out, strict=True):
         require(f"out {name}", tensor, device=dev, dtypes=(dtype,), contiguous=True, shape=shape)
     if n == 0:
         return out
@@ -276,10 +276,10 @@ def softmax_grad(logits, bias, targets, stats, row_scale, *, out=None, column_su
     """d loss / d logits [N, V] = (softmax - onehot(target)) * row_scale, exactly 0 on rows with scale 0.
     logits [N, V] (any strides, as for `fold_rows`) + bias [V] contiguous | None, targets [N] int64, stats [N, 2]
     and row_scale [N] float32, all but logits contiguous. Written into `out` ([N, V] with unit column stride, any
-    float dtype), else a new float32 tensor, which is returned. With `column_sums` ([P, V] float32, contiguous; P from `column_sum_rows`),
-    the gradient's column sums are added to it, program p down the rows adding its part to row p: summed over P,
-    d bias (in float32, before the gradient's rounding to its dtype); a chunked caller adds chunk after chunk to
-    the same buffer and sums it once."""
+    float dtype), else a new float32 tensor, which is returned. With `column_sums` ([P, V] float32, contiguous; P from
+    `column_sum_rows`), the gradient's column sums are added to it, program p down the rows adding its part to row p:
+    summed over P, d bias (in float32, before the gradient's rounding to its dtype); a chunked caller adds chunk after
+    chunk to the same buffer and sums it once."""
     n, v = logits.shape
     dev = logits.device
     _check_rows(logits, bias, targets)

@@ -5,7 +5,8 @@ import os
 
 import torch
 
-from electra_fast.ops.numerics import relative_error as rel_err, sample_mismatches  # noqa: F401
+from electra_fast.ops.numerics import relative_error as rel_err  # noqa: F401
+from electra_fast.ops.numerics import sample_mismatches
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout's root
 

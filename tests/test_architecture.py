@@ -9,9 +9,9 @@ import pkgutil
 import pytest
 import torch
 
-import electra_fast
 from electra_fast.ops import backends
 from electra_fast.ops.backends.base import Backend
+
 from conftest import _targets
 
 
@@ -20,7 +20,8 @@ def test_every_backend_keeps_the_contract(name):
     impl = backends.get(name)
     assert isinstance(impl, Backend), name
     assert isinstance(impl.GRADS_IN_FORWARD, bool)
-    for method in ("generator_loss_and_sample", "generator_loss_and_sample_backward", "sample_logits", "sample_logits_backward", "replace_", "rtd_loss"):
+    for method in ("generator_loss_and_sample", "generator_loss_and_sample_backward", "sample_logits",
+                   "sample_logits_backward", "replace_", "rtd_loss"):
         want = [p for p in inspect.signature(getattr(Backend, method)).parameters if p != "self"]
         assert list(inspect.signature(getattr(impl, method)).parameters) == want, (name, method)
 

@@ -19,11 +19,13 @@ import time
 import pytest
 import torch
 
-from electra_fast.pretraining import checkpoint, cli as pretrain_cli
 from electra_fast import locking
-from electra_fast.data import prepare
 from electra_fast.cli import main as cli_main
-from electra_fast.finetune import cli as finetune_cli, finetune
+from electra_fast.data import prepare
+from electra_fast.finetune import cli as finetune_cli
+from electra_fast.finetune import finetune
+from electra_fast.pretraining import checkpoint
+from electra_fast.pretraining import cli as pretrain_cli
 
 MODEL = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
          "--embedding-size", "16", "--seq-len", "16", "--batch-size", "2", "--steps", "4", "--save-every", "2",

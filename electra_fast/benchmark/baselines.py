@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import electra_fast
+
 from .config import Config
 from .measure import gemm_flops_per_second, time_variants
 
@@ -116,10 +117,10 @@ def head_floor(cfg: Config) -> dict:
 
 
 def cublas_float32_out(device: torch.device, dtype: torch.dtype) -> tuple[bool, bool]:
-    """The head's cuBLAS probe (`kernels.generator_loss_and_sample._float32_out`) on a CUDA `device` for float16/bfloat16
-    `dtype`: (cuBLAS multiplies such matrices into a float32 result, and accumulates such a product into a float32
-    tensor in place). Where either is False the head takes a slower path with more memory: its weight upcast to a
-    float32 [V, H] copy, d weight accumulated through a float32 [V, H] temporary per row-chunk."""
+    """The head's cuBLAS probe (`kernels.generator_loss_and_sample._float32_out`) on a CUDA `device` for
+    float16/bfloat16 `dtype`: (cuBLAS multiplies such matrices into a float32 result, and accumulates such a product
+    into a float32 tensor in place). Where either is False the head takes a slower path with more memory: its weight
+    upcast to a float32 [V, H] copy, d weight accumulated through a float32 [V, H] temporary per row-chunk."""
     from ..kernels import generator_loss_and_sample  # needs triton, which a CUDA machine has
 
     if device.index is None:  # the probe is cached per device, as the head asks it: with the index
@@ -143,9 +144,9 @@ def cublas_probe_notes(device: torch.device, dtype: torch.dtype) -> dict:
     if dtype not in (torch.float16, torch.bfloat16):
         return dict.fromkeys(keys, f"n/a ({str(dtype).replace('torch.', '')} inputs)")
     answers = cublas_float32_out(device, dtype)
-    notes = {k: "yes" if ok else "no" for k, ok in zip(keys, answers)}
+    notes = {k: "yes" if ok else "no" for k, ok in zip(keys, answers, strict=True)}
     if not all(answers) and cublas_probe_flagged(device):
-        missing = " and ".join(k.split(" ", 1)[1] for k, ok in zip(keys, answers) if not ok)
+        missing = " and ".join(k.split(" ", 1)[1] for k, ok in zip(keys, answers, strict=True) if not ok)
         notes["WARNING"] = (f"cuBLAS refused {missing} for {str(dtype).replace('torch.', '')} on this sm_80+ GPU "
                             f"with torch {torch.__version__}: the head ran its slow path (a float32 [V, H] copy "
                             f"or temporary: ~2 GB and ~15 ms more at V 128,256 x H 4,096); its timings here are "
@@ -187,6 +188,7 @@ def op_variants(cfg: Config) -> dict:
 
     return {
         "sample_logits": {"eager": eager_sample, "electra-fast": lambda: electra_fast.sample_logits(logits)},
-        "replace_": {"eager": eager_replace, "electra-fast": lambda: electra_fast.replace_(ids.clone(), positions, sampled)},
+        "replace_": {"eager": eager_replace,
+                     "electra-fast": lambda: electra_fast.replace_(ids.clone(), positions, sampled)},
         "rtd_loss fwd+bwd": {"eager": eager_rtd, "electra-fast": fused_rtd},
     }

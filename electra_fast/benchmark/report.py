@@ -70,15 +70,16 @@ def format_table(report: dict) -> str:
     header = (f"{'table':<18} {'variant':<28} {'ms':>9} {'tokens/s':>9} {'peak MB':>8} {'vs eager':>9} "
               f"{'vs compile':>10} {'vs eager-full':>13} {'vs hf eager-full':>16}")
     lines += [header, "-" * len(header)]
+    def ratio(r, key):
+        v = r["ratios"].get(key)
+        return f"{v:.2f}x" if v else "-"
+
     for r in report["rows"]:
-        def ratio(key):
-            v = r["ratios"].get(key)
-            return f"{v:.2f}x" if v else "-"
         tokens = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
         name = r["variant"] + (f" [{r['note']}]" if r["note"] else "")
-        lines.append(f"{r['table']:<18} {name:<28} {r['ms']:>9.1f} {tokens:>9} {peak:>8} {ratio('vs eager'):>9} "
-                     f"{ratio('vs compile'):>10} {ratio('vs eager-full'):>13} {ratio('vs hf eager-full'):>16}")
+        lines.append(f"{r['table']:<18} {name:<28} {r['ms']:>9.1f} {tokens:>9} {peak:>8} {ratio(r, 'vs eager'):>9} "
+                     f"{ratio(r, 'vs compile'):>10} {ratio(r, 'vs eager-full'):>13} {ratio(r, 'vs hf eager-full'):>16}")
     for k, v in report["notes"].items():
         lines.append(f"{k}: {v:.3f}" if isinstance(v, (int, float)) else f"{k}: {v}")
     for f in report.get("failed", []):
@@ -105,7 +106,7 @@ def plot(report: dict, path: str) -> None:
 
     tables = list(dict.fromkeys(r["table"] for r in report["rows"]))
     fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 3.4), squeeze=False)
-    for ax, table in zip(axes[0], tables):
+    for ax, table in zip(axes[0], tables, strict=True):
         rows = [r for r in report["rows"] if r["table"] == table]
         base = next((r["ms"] for r in rows if r["variant"] in ("eager", "hf eager-full")), rows[0]["ms"])
         names = [r["variant"] for r in rows]

@@ -8,14 +8,14 @@ from dataclasses import asdict
 
 import torch
 
-from .config import Config
 from .baselines import cublas_probe_notes, head_floor, head_variants, op_variants
+from .config import Config
 from .measure import peak_memory_mb, probe_memory, time_variants
 from .report import Row, add_ratios, environment
-from .steps import (first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants,
-                    step_variants)
+from .steps import first_call_seconds, fused_share_of_step, one_graph_variants, recommended_variants, step_variants
 
-MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step", "one-graph step")  # the other ops' tensors are a few KB
+# The tables whose peak memory is measured: the other ops' tensors are a few KB.
+MEMORY_TABLES = ("head fwd", "head fwd+bwd", "step", "recommended step", "one-graph step")
 
 
 def variants_of(cfg: Config, table: str) -> dict:

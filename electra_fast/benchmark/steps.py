@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 import electra_fast
 from electra_fast import models
-from .config import Config, bf16_supported
+
 from .baselines import gumbel_sample, head_variants, op_variants
+from .config import Config, bf16_supported
 from .measure import time_variants
 
 MASK_ID, CLS_ID, SEP_ID, PAD_ID = 103, 101, 102, 0  # BERT uncased's
@@ -33,7 +34,8 @@ class EagerStep(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
         p = self.p
         masked = electra_fast.mask_tokens(input_ids, attention_mask, mask_token_id=p.mask_token_id,
-                                          mask_prob=p.mask_prob, special_token_ids=p.special_token_ids + (p.pad_token_id,))
+                                          mask_prob=p.mask_prob,
+                                          special_token_ids=p.special_token_ids + (p.pad_token_id,))
         features = p.generator.features(masked.masked_ids, attention_mask)
         weight, bias = p.generator.output_weight, p.generator.output_bias
         if self.full_logits:

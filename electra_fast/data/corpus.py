@@ -161,7 +161,7 @@ class CorpusReader:
             done_before = self.bytes_read
             counter = _BadLines()
             ordinal = 0
-            for text, starts in self._documents(source, counter, lambda raw: done_before + raw, skip):
+            for text, starts in self._documents(source, counter, lambda raw, base=done_before: base + raw, skip):
                 if ordinal >= skip:
                     yield Record(text, starts, index, ordinal, counter.count)
                 ordinal += 1

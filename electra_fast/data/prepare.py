@@ -4,7 +4,8 @@ its flags); `prepare(paths, out, ...)` does the work with plain arguments (`pret
 
     DATA/.lock               held by the run that writes DATA (electra_fast.locking); a second one is refused
     DATA/tokenizer/          the tokenizer (trained on a streamed sample of the corpus, or the one given): the same
-                             ids for the same corpus and settings on every run (electra_fast.data.shards.train_tokenizer)
+                             ids for the same corpus and settings on every run
+                             (electra_fast.data.shards.train_tokenizer)
     DATA/shard-NNNNN.bin     token ids, little-endian, in the narrowest unsigned type the vocabulary allows;
                              the shards one after the other are the corpus's token stream: each document's
                              tokens, with [SEP] between documents
@@ -35,7 +36,8 @@ import numpy as np
 
 from .. import locking
 from ..files import differences, write_file, write_folder
-from . import corpus, shards as data
+from . import corpus
+from . import shards as data
 from .config import DEFAULT_SHARD_TOKENS, DEFAULT_TOKENIZER_SAMPLE, PrepareConfig, PreparedData
 from .corpus import CorpusReader, Source
 from .shards import FORMAT, INDEX, PROGRESS, TOKENIZER, DataError
@@ -260,7 +262,7 @@ class _ShardWriter:
     def write(self, batch: list, counts: np.ndarray, ids: np.ndarray) -> None:
         """Appends a batch of records (corpus.Record) given their token counts and ids (as _encode returns)."""
         state, pieces, at = self.state, [], 0
-        for record, n in zip(batch, counts.tolist()):
+        for record, n in zip(batch, counts.tolist(), strict=True):
             tokens, at = ids[at:at + n], at + n
             if record.starts_document:
                 state["pending_document"] = True

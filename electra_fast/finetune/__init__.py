@@ -19,7 +19,11 @@ from .data import FinetuneDataError
 from .train import TASKS, FinetuneOptions, finetune, layerwise_parameter_groups, load_fast_tokenizer, load_model
 
 __all__ = ["FinetuneDataError", "FinetuneOptions", "TASKS", "finetune", "layerwise_parameter_groups",
-           "load_discriminator_encoder", "load_fast_tokenizer", "load_model"]
+           "load_discriminator_encoder", "load_fast_tokenizer", "load_model", "load_tokenizer"]
+
+# The name this function had before the data package's own load_tokenizer (a `tokenizers` tokenizer) made it
+# ambiguous; kept so that code written against it still imports.
+load_tokenizer = load_fast_tokenizer
 
 
 def load_discriminator_encoder(directory: str) -> Encoder:

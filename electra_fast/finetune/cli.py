@@ -12,6 +12,7 @@ from ..locking import exclusive
 from ..options.cli import report_bad_input
 from .metrics import NAMES
 from .train import TASKS, FinetuneOptions, finetune
+
 _MODEL_HELP = ("the discriminator `electra-fast pretrain` exports (OUT/discriminator), or a local Hugging Face "
                "ELECTRA, BERT, RoBERTa/XLM-R, DeBERTa-v2/v3 or ModernBERT folder (config.json, weights, tokenizer)")
 _FROM_SCRATCH_HELP = "the same architecture with fresh weights: the baseline that shows what pretraining bought"
@@ -49,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--doc-stride", type=int, default=None,
                    help="context tokens that consecutive windows share (default 128, or a quarter of --max-length "
                         "when that is shorter)")
-    g.add_argument("--max-query-length", type=int, default=64, help="questions are cut to this many tokens (default 64)")
+    g.add_argument("--max-query-length", type=int, default=64,
+                   help="questions are cut to this many tokens (default 64)")
     g.add_argument("--max-answer-length", type=int, default=30, help="longest predicted answer, in tokens (default 30)")
     g.add_argument("--n-best", type=int, default=20, help="start and end candidates per window (default 20)")
     g = p.add_argument_group("training (defaults: ELECTRA's fine-tuning table, by the model's width)")
@@ -62,13 +64,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_training_arguments(g, *, epochs_help: str) -> None:
     """The training flags that `finetune` and `glue` share."""
     g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate of the head (default 3e-4 up to hidden size 256, 1e-4 up to 768, else 5e-5)")
+                   help="peak learning rate of the head (default 3e-4 up to hidden size 256, 1e-4 up to 768, else "
+                        "5e-5)")
     g.add_argument("--layerwise-lr-decay", type=float, default=None,
                    help="lr · decay^(L + 2 - depth): embeddings depth 0, layer i depth i + 1, head L + 2 "
                         "(default 0.8; 0.9 above hidden size 768)")
     g.add_argument("--epochs", type=float, default=None, help=epochs_help)
     g.add_argument("--batch-size", type=int, default=32, help="default 32")
-    g.add_argument("--warmup-fraction", type=float, default=0.1, help="share of the steps in linear warm-up (default 0.1)")
+    g.add_argument("--warmup-fraction", type=float, default=0.1,
+                   help="share of the steps in linear warm-up (default 0.1)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's, on matrices only (default 0)")
     g.add_argument("--seeds", type=int, default=1, help="runs, each from the same weights; reports each and the median")
     g.add_argument("--seed", type=int, default=0, help="the first run's seed (then seed + 1, ...)")
@@ -138,8 +142,9 @@ def glue_main(args: argparse.Namespace) -> int:
         with exclusive(args.out):  # one suite at a time writes --out
             summary = run_glue(args.data_dir, args.out, args.model, tasks=args.tasks, jobs=args.jobs,
                                from_scratch=args.from_scratch, max_length=args.max_length, lr=args.lr,
-                               layerwise_lr_decay=args.layerwise_lr_decay, epochs=args.epochs, batch_size=args.batch_size,
-                               warmup_fraction=args.warmup_fraction, weight_decay=args.weight_decay, seeds=args.seeds,
+                               layerwise_lr_decay=args.layerwise_lr_decay, epochs=args.epochs,
+                               batch_size=args.batch_size, warmup_fraction=args.warmup_fraction,
+                               weight_decay=args.weight_decay, seeds=args.seeds,
                                seed=args.seed, device=args.device, bf16=args.bf16, progress=not args.quiet)
     except (BadInput, OSError) as e:
         return report_bad_input("glue", e)

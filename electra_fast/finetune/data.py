@@ -105,7 +105,7 @@ def _rows(path: str, kind: str, header: bool, skipped: list[int] | None = None):
                         continue
                     raise FinetuneDataError(f"{path} line {reader.line_num}: {len(fields)} fields, expected "
                                             f"{len(names)} ({'the header' if header else 'the first line'}'s)")
-                yield reader.line_num, dict(zip(names, fields))
+                yield reader.line_num, dict(zip(names, fields, strict=True))
         except csv.Error as e:
             raise FinetuneDataError(f"{path} line {reader.line_num}: malformed {kind.upper()} ({e})") from None
         except UnicodeDecodeError:
@@ -290,11 +290,11 @@ def read_squad(path: str) -> tuple[list[Question], bool]:
 
 def encode_texts(tokenizer, examples: Sequence[TextExample], max_length: int) -> tuple[list[dict], int]:
     """(features with input_ids and token_type_ids cut to max_length, how many texts were cut)."""
-    columns = list(zip(*(e.texts for e in examples)))
+    columns = list(zip(*(e.texts for e in examples), strict=True))
     whole = tokenizer(*columns, truncation=False)["input_ids"]
     cut = tokenizer(*columns, truncation=True, max_length=max_length, return_token_type_ids=True)
     features = [{"input_ids": ids, "token_type_ids": types}
-                for ids, types in zip(cut["input_ids"], cut["token_type_ids"])]
+                for ids, types in zip(cut["input_ids"], cut["token_type_ids"], strict=True)]
     return features, sum(len(ids) > max_length for ids in whole)
 
 
@@ -317,7 +317,7 @@ def encode_sentences(tokenizer, sentences: Sequence[Sentence], tag_ids: dict[str
                    "first_token": first_token}
         if tag_ids is not None:
             labels = [IGNORE] * len(feature["input_ids"])
-            for tag, position in zip(sentence.tags, first_token):
+            for tag, position in zip(sentence.tags, first_token, strict=True):
                 if position >= 0:
                     labels[position] = tag_ids[tag]
             feature["labels"] = labels
@@ -346,7 +346,7 @@ def encode_questions(tokenizer, questions: Sequence[Question], *, max_length: in
     for w, example in enumerate(encoded["overflow_to_sample_mapping"]):
         per_question[example] += 1
         sequence = encoded.sequence_ids(w)
-        offsets = [tuple(o) if s == 1 else None for o, s in zip(encoded["offset_mapping"][w], sequence)]
+        offsets = [tuple(o) if s == 1 else None for o, s in zip(encoded["offset_mapping"][w], sequence, strict=True)]
         start = end = 0
         answers = questions[example].answers
         if answers:
@@ -371,7 +371,7 @@ def best_answers(questions: Sequence[Question], windows: Sequence[dict], start_l
     `start_logits` / `end_logits`: one float sequence per window."""
     best: dict[int, tuple[float, str]] = {}
     null: dict[int, float] = {}
-    for window, starts, ends in zip(windows, start_logits, end_logits):
+    for window, starts, ends in zip(windows, start_logits, end_logits, strict=True):
         example, offsets = window["example"], window["offsets"]
         null[example] = min(null.get(example, float("inf")), starts[0] + ends[0])
         context = [i for i, o in enumerate(offsets) if o is not None]

@@ -16,7 +16,6 @@ import re
 import string
 from typing import Hashable, Sequence
 
-
 # What each kind of task reports (classification's f1 only for two labels), the choices of FinetuneOptions.metric.
 NAMES = {"classification": ("accuracy", "macro_f1", "mcc", "f1"), "regression": ("pearson", "spearman", "mse"),
          "token-classification": ("precision", "recall", "f1", "token_accuracy"),
@@ -24,7 +23,7 @@ NAMES = {"classification": ("accuracy", "macro_f1", "mcc", "f1"), "regression": 
 
 
 def accuracy(gold: Sequence[Hashable], predicted: Sequence[Hashable]) -> float:
-    return sum(g == p for g, p in zip(gold, predicted)) / len(gold) if gold else 0.0
+    return sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold) if gold else 0.0
 
 
 def _f1(true_positives: int, predicted: int, actual: int) -> tuple[float, float, float]:
@@ -37,7 +36,7 @@ def _f1(true_positives: int, predicted: int, actual: int) -> tuple[float, float,
 
 def f1_of_label(gold: Sequence[Hashable], predicted: Sequence[Hashable], positive: Hashable) -> float:
     """F1 of one label taken as the positive class (GLUE's F1 for MRPC and QQP: positive = 1)."""
-    tp = sum(g == positive and p == positive for g, p in zip(gold, predicted))
+    tp = sum(g == positive and p == positive for g, p in zip(gold, predicted, strict=True))
     return _f1(tp, sum(p == positive for p in predicted), sum(g == positive for g in gold))[2]
 
 
@@ -51,7 +50,7 @@ def matthews_correlation(gold: Sequence[Hashable], predicted: Sequence[Hashable]
     """(n·c − Σ_k p_k t_k) / sqrt((n² − Σ p_k²)(n² − Σ t_k²)), c correct, p_k / t_k the predicted / true counts
     of label k; 0 when either side is constant."""
     n = len(gold)
-    correct = sum(g == p for g, p in zip(gold, predicted))
+    correct = sum(g == p for g, p in zip(gold, predicted, strict=True))
     true_counts, predicted_counts = collections.Counter(gold), collections.Counter(predicted)
     labels = set(true_counts) | set(predicted_counts)
     covariance = n * correct - sum(true_counts[k] * predicted_counts[k] for k in labels)
@@ -68,7 +67,7 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     mean_x, mean_y = sum(x) / n, sum(y) / n
     dx, dy = [v - mean_x for v in x], [v - mean_y for v in y]
     spread = math.sqrt(sum(v * v for v in dx) * sum(v * v for v in dy))
-    return sum(a * b for a, b in zip(dx, dy)) / spread if spread else 0.0
+    return sum(a * b for a, b in zip(dx, dy, strict=True)) / spread if spread else 0.0
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -101,7 +100,7 @@ def classification_metrics(gold: Sequence[str], predicted: Sequence[str], labels
 
 def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dict:
     return {"pearson": pearson(gold, predicted), "spearman": spearman(gold, predicted),
-            "mse": sum((g - p) ** 2 for g, p in zip(gold, predicted)) / len(gold)}
+            "mse": sum((g - p) ** 2 for g, p in zip(gold, predicted, strict=True)) / len(gold)}
 
 
 # ---------------------------------------------------------------------------------------------------- entities
@@ -128,12 +127,12 @@ def entity_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[s
     """Entity-level precision, recall and F1 (exact type and span) over sentences of BIO tags, and the share of
     tokens tagged right."""
     tp = n_predicted = n_gold = right = tokens = 0
-    for gold_tags, predicted_tags in zip(gold, predicted):
+    for gold_tags, predicted_tags in zip(gold, predicted, strict=True):
         gold_entities, predicted_entities = entities(gold_tags), entities(predicted_tags)
         tp += len(gold_entities & predicted_entities)
         n_predicted += len(predicted_entities)
         n_gold += len(gold_entities)
-        right += sum(g == p for g, p in zip(gold_tags, predicted_tags))
+        right += sum(g == p for g, p in zip(gold_tags, predicted_tags, strict=True))
         tokens += len(gold_tags)
     precision, recall, f1 = _f1(tp, n_predicted, n_gold)
     return {"precision": precision, "recall": recall, "f1": f1, "token_accuracy": right / tokens if tokens else 0.0}

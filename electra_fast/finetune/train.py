@@ -28,10 +28,10 @@ from typing import Callable
 
 import torch
 
-from ..pretraining import tensorboard_events
 from ..errors import at_least, check_ranges, finite_above, finite_at_least, within
 from ..files import write_folder
 from ..hf.encoders import FAMILIES
+from ..pretraining import tensorboard_events
 from ..schedule import lr_multiplier
 from . import data, metrics
 from .data import FinetuneDataError
@@ -184,8 +184,8 @@ def layerwise_parameter_groups(model: torch.nn.Module, *, lr: float, decay: floa
     groups: dict[tuple[int, bool], list] = {}
     for name, parameter in model.named_parameters():
         groups.setdefault((depth(name), parameter.ndim >= 2), []).append(parameter)
-    return [{"params": params, "lr": lr * decay ** (num_layers + 2 - d), "weight_decay": weight_decay if matrix else 0.0}
-            for (d, matrix), params in sorted(groups.items())]
+    return [{"params": params, "lr": lr * decay ** (num_layers + 2 - d),
+             "weight_decay": weight_decay if matrix else 0.0} for (d, matrix), params in sorted(groups.items())]
 
 
 # ----------------------------------------------------------------------------------------------------- the data
@@ -270,7 +270,7 @@ def _classification(options, tokenizer, length) -> _Task:
 
     def encode(examples):
         features, cut = data.encode_texts(tokenizer, examples, length)
-        for feature, example in zip(features, examples):
+        for feature, example in zip(features, examples, strict=True):
             feature["labels"] = target(example.label)
         return features, cut
 
@@ -287,7 +287,7 @@ def _classification(options, tokenizer, length) -> _Task:
         return _Evaluation(prefix, features, score), cut
 
     train_features, cut_train = encode(train)
-    evaluations, cuts = zip(*(evaluation(prefix, examples) for prefix, _, examples in validations))
+    evaluations, cuts = zip(*(evaluation(prefix, examples) for prefix, _, examples in validations), strict=True)
     notices.insert(0, f"{cut_train} training and {sum(cuts)} validation texts were cut to {length} tokens")
     return _Task(kind, train_features, list(evaluations), ("labels",), config_changes, names, notices)
 
@@ -298,7 +298,7 @@ def _token_classification(options, tokenizer, length) -> _Task:
     validations = [(prefix, path, data.read_conll(path, **read)) for prefix, path in _validation_files(options)]
     tags = sorted({t for s in train for t in s.tags})
     for _, path, sentences in validations:
-        data.check_labels([(t, line) for s in sentences for t, line in zip(s.tags, s.lines)], tags, path)
+        data.check_labels([(t, line) for s in sentences for t, line in zip(s.tags, s.lines, strict=True)], tags, path)
     ids = {tag: i for i, tag in enumerate(tags)}
     train_features, cut_train = data.encode_sentences(tokenizer, train, ids, length)
 
@@ -307,14 +307,14 @@ def _token_classification(options, tokenizer, length) -> _Task:
 
         def score(logits):
             predicted = []
-            for feature, rows in zip(features, logits):
+            for feature, rows in zip(features, logits, strict=True):
                 predicted.append([tags[max(range(len(rows[p])), key=rows[p].__getitem__)] if p >= 0 else "O"
                                   for p in feature["first_token"]])
             return metrics.entity_metrics([s.tags for s in sentences], predicted)
 
         return _Evaluation(prefix, features, score), cut
 
-    evaluations, cuts = zip(*(evaluation(prefix, sentences) for prefix, _, sentences in validations))
+    evaluations, cuts = zip(*(evaluation(prefix, sentences) for prefix, _, sentences in validations), strict=True)
     notices = [f"{cut_train} training and {sum(cuts)} validation sentences were cut to {length} tokens (the "
                "words cut off are predicted O)"]
     return _Task("token-classification", train_features, list(evaluations), ("labels",),
@@ -345,7 +345,7 @@ def _question_answering(options, tokenizer, length) -> _Task:
 
         return _Evaluation(prefix, windows, score), long
 
-    evaluations, longs = zip(*(evaluation(prefix, questions) for prefix, questions in validations))
+    evaluations, longs = zip(*(evaluation(prefix, questions) for prefix, questions in validations), strict=True)
     notices = [f"{long_train} training and {sum(longs)} validation questions have contexts longer than one "
                f"window of {length} tokens (cut into windows overlapping by {stride})"]
     return _Task("question-answering", train_windows, list(evaluations), ("start_positions", "end_positions"),
@@ -378,7 +378,7 @@ def _outputs(model, task: _Task, batch: dict) -> list:
     """Per example: the logits row (classification), [T, labels] rows (tokens), or (start, end) rows (QA)."""
     output = model(**_inputs(model, {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}))
     if task.kind == "question-answering":
-        return list(zip(output.start_logits.float().tolist(), output.end_logits.float().tolist()))
+        return list(zip(output.start_logits.float().tolist(), output.end_logits.float().tolist(), strict=True))
     return output.logits.float().tolist()
 
 

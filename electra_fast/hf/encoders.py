@@ -176,7 +176,8 @@ class FamilyAdapter:
         if self.embedding_sharing == "gdes":
             self.discriminator_base.set_input_embeddings(GdesEmbedding(self.generator_base.get_input_embeddings()))
             return
-        if check_family(self.generator.config) == "electra" and check_family(self.discriminator_base.config) == "electra":
+        families = {check_family(self.generator.config), check_family(self.discriminator_base.config)}
+        if families == {"electra"}:
             self.generator_base.embeddings = self.discriminator_base.embeddings  # ELECTRA shares the whole block
         else:
             self.generator_base.set_input_embeddings(self.discriminator_base.get_input_embeddings())
@@ -196,8 +197,8 @@ class FamilyAdapter:
         return weight, self.bias
 
     def logits(self, ids, mask):
-        return self.rtd_head(self.discriminator_base(
-            input_ids=ids, attention_mask=mask, **position_kwargs(self.discriminator_base.config, mask)).last_hidden_state)
+        positions = position_kwargs(self.discriminator_base.config, mask)
+        return self.rtd_head(self.discriminator_base(input_ids=ids, attention_mask=mask, **positions).last_hidden_state)
 
     def shared_embedding(self):
         """The token-embedding matrix that both losses reach: the one matrix under "es", E_G under "gdes"."""

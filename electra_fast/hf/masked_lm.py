@@ -149,7 +149,8 @@ def _fused_forward(original):
 
     @functools.wraps(original)
     def forward(self, *args, skip_logits: bool | None = None, return_samples: bool = False, seed=None, **kwargs):
-        call = {**dict(zip(names, args)), **kwargs}
+        # The positional arguments given name the first parameters; the rest are left to kwargs or defaults.
+        call = {**dict(zip(names, args, strict=False)), **kwargs}
         labels = call.get("labels")
         if skip_logits is None:
             skip_logits = labels is not None and (self.training or return_samples)

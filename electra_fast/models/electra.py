@@ -53,7 +53,8 @@ def preset_configs(name: str, *, vocab_size: int, **overrides) -> tuple[EncoderC
     known = {f.name for f in dataclasses.fields(EncoderConfig)}
     unknown = set(settings) - known
     if unknown:
-        raise ValueError(f"unknown preset overrides {sorted(unknown)}; allowed: {sorted(known | {'generator_fraction'})}")
+        allowed = sorted(known | {"generator_fraction"})
+        raise ValueError(f"unknown preset overrides {sorted(unknown)}; allowed: {allowed}")
     disc = EncoderConfig(vocab_size=vocab_size, **settings)
     gen_heads = max(1, round(disc.num_heads * fraction))
     gen_hidden = max(gen_heads, round(disc.hidden_size * fraction / gen_heads) * gen_heads)
@@ -243,7 +244,7 @@ def to_hugging_face(model: Discriminator | Generator) -> dict[str, torch.Tensor]
     state = {}
     for name, tensor in model.state_dict().items():
         names = _hf_names(name, head)
-        for hf, piece in zip(names, tensor.detach().chunk(len(names), dim=0)):
+        for hf, piece in zip(names, tensor.detach().chunk(len(names), dim=0), strict=True):
             state[hf] = piece.clone().contiguous()
     return state
 

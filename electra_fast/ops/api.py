@@ -8,8 +8,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import custom_ops  # noqa: F401  (registers torch.ops.electra_fast)
-from . import settings
+from . import (
+    custom_ops,  # noqa: F401  (registers torch.ops.electra_fast)
+    settings,
+)
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 REDUCTIONS = ("mean", "sum", "none")

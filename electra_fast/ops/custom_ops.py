@@ -125,7 +125,7 @@ def _(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore
     ids = hidden.new_empty((n,), dtype=torch.int64)
     return (loss, ids, torch.empty_like(ids), hidden.new_empty((n, 2), dtype=torch.float32),
             *(torch.empty_like(t) if wanted else hidden.new_empty((0,))
-              for t, wanted in zip((hidden, weight, bias), grads)))
+              for t, wanted in zip((hidden, weight, bias), grads, strict=True)))
 
 
 @library.custom_op("electra_fast::generator_loss_and_sample_backward", mutates_args=())
@@ -135,8 +135,8 @@ def generator_loss_and_sample_backward(grad_loss: Tensor, hidden: Tensor, weight
     """Gradients of the fused head's loss, recomputing the logits: (d hidden, d weight, d bias or an empty
     tensor), each in its input's dtype."""
     with _autocast_off(hidden.device):
-        dh, dw, db = _backend(backend, hidden.device).generator_loss_and_sample_backward(grad_loss, hidden, weight, bias, targets,
-                                                                    stats, ignore_index, reduction)
+        dh, dw, db = _backend(backend, hidden.device).generator_loss_and_sample_backward(
+            grad_loss, hidden, weight, bias, targets, stats, ignore_index, reduction)
     db = hidden.new_empty((0,)) if db is None else db.to(bias.dtype)
     return dh.to(hidden.dtype), dw.to(weight.dtype), db
 
@@ -165,17 +165,17 @@ def _head_backward(ctx, grad_loss, _grad_sampled, _grad_predicted, _grad_stats, 
         return (None,) * inputs
     hidden, weight, bias, targets, stats, *forward_grads = ctx.saved_tensors
     needed = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias)
-    if all(done or not need for done, need in zip(ctx.in_forward, needed)):
+    if all(done or not need for done, need in zip(ctx.in_forward, needed, strict=True)):
         # The forward computed them for a unit upstream gradient; the upstream gradient is a scalar. In eager
         # they are scaled in place: a copy would hold a second [V, H]. A second backward through the same graph
         # (retain_graph) then fails in autograd's own check of the saved tensors, rather than scaling them
         # twice. Traced (fake or functional tensors: torch.compile, AOTAutograd) the graph records a product.
         in_place = type(grad_loss) is torch.Tensor
         grads = [(g.detach().mul_(grad_loss) if in_place else g * grad_loss) if need else None
-                 for g, need in zip(forward_grads, needed)]
+                 for g, need in zip(forward_grads, needed, strict=True)]
     else:
-        dh, dw, db = generator_loss_and_sample_backward(grad_loss, hidden, weight, bias, targets, stats, ctx.ignore_index,
-                                             ctx.reduction, ctx.backend)
+        dh, dw, db = generator_loss_and_sample_backward(grad_loss, hidden, weight, bias, targets, stats,
+                                                        ctx.ignore_index, ctx.reduction, ctx.backend)
         grads = [dh, dw, db if ctx.has_bias else None]
     return (*grads, *(None,) * (inputs - len(grads)))
 

@@ -47,7 +47,8 @@ def specialise(kernel, args: tuple, kwargs: dict) -> Launch:
     """The Launch the Triton runtime would compile for kernel[grid](*args, **kwargs)."""
     signature, constexprs, attrs = {}, {}, {}
     positional = [n for n in kernel.arg_names if n not in kwargs]
-    for name, value in zip(positional, args):
+    # strict=False: parameters after the arguments given keep their defaults, as in a launch.
+    for name, value in zip(positional, args, strict=False):
         index = (kernel.arg_names.index(name),)
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _POINTER_TYPES[value.dtype]
@@ -116,8 +117,10 @@ def shipped_launches() -> list[Launch]:
     with capturing([generator_loss_and_sample, replace, rtd_loss, sample_logits, sampler]) as launches:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             for n, h, v in HEAD_SHAPES:
-                hidden, weight = torch.empty(n, h, dtype=dtype, device=meta), torch.empty(v, h, dtype=dtype, device=meta)
-                targets, seed = torch.empty(n, dtype=torch.int64, device=meta), torch.empty(1, dtype=torch.int64, device=meta)
+                hidden = torch.empty(n, h, dtype=dtype, device=meta)
+                weight = torch.empty(v, h, dtype=dtype, device=meta)
+                targets = torch.empty(n, dtype=torch.int64, device=meta)
+                seed = torch.empty(1, dtype=torch.int64, device=meta)
                 scale, stats = torch.empty(n, device=meta), torch.empty(n, 2, device=meta)
                 for bias in (None, torch.empty(v, dtype=dtype, device=meta)):
                     for grads in ((False,) * 3, (True,) * 3):
@@ -202,7 +205,8 @@ def check(launches, archs=tuple(SHARED_MEMORY_LIMITS)) -> list[tuple[str, int, i
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m electra_fast.ops.launch_limits", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m electra_fast.ops.launch_limits",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--all", action="store_true", help="every distinct launch, not one per configuration")
     launches = shipped_launches()
     rows = check(launches if parser.parse_args(argv).all else representatives(launches))

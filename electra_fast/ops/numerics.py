@@ -10,16 +10,18 @@ PyTorch's own error, which in float16 is the whole gradient.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
 
 import electra_fast
-from . import reference, settings
+
 from ..benchmark.baselines import cublas_float32_out, cublas_probe_flagged
 from ..benchmark.measure import error_summary
 from ..kernels.configs import head_chunk_rows
+from . import reference, settings
 
 
 def relative_error(got: torch.Tensor, truth: torch.Tensor) -> float:
@@ -147,8 +149,8 @@ LOSS_LIMIT = 2e-6
 # gradient comes back in its input's dtype (<= u more). The tile's rounding errors are independent over the V
 # (d hidden) or N (d weight, d bias) terms of each sum, so they add <~ u to the norm: <~ 2u in all (3u
 # truncating), measured 0.4u (float32 tile) to 1.1u (interpreter). GRAD_ROUNDOFFS = 4: fp16 2.0e-3; bf16's 1.6e-2
-# is capped at the contract's 1e-2. Float32 keeps the contract's 1e-5 (sums of V float32 terms: ~sqrt(V) u32 ~ 1e-5; 5e-4 under
-# TF32).
+# is capped at the contract's 1e-2. Float32 keeps the contract's 1e-5 (sums of V float32 terms: ~sqrt(V) u32 ~ 1e-5;
+# 5e-4 under TF32).
 GRAD_ROUNDOFFS = 4
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 # Float16 gradients run under a loss scale, as users train in float16 (torch.amp.GradScaler's initial scale):
@@ -528,11 +530,11 @@ def run_checks(device: str) -> list[CheckResult]:
         label = f"{label} {n}x{h}"
         for dtype in device_dtypes(dev):
             results += _guarded(f"head {label} fwd+bwd", _name(dtype),
-                                lambda: head_checks(dev, dtype, label, n, h, vocab=VOCAB))
+                                functools.partial(head_checks, dev, dtype, label, n, h, vocab=VOCAB))
     sampler = lambda dev: sampler_checks(dev, rows=SAMPLER_ROWS, vocab=SAMPLER_VOCAB)  # noqa: E731
     for check, dtype, run in (("sampler", "-", sampler), ("N*V >= 2^31", "bfloat16", wide_checks),
                               ("rtd_loss fwd+bwd", "float32", rtd_checks), ("replace_", "int64", replace_checks)):
-        results += _guarded(check, dtype, lambda: run(dev))
+        results += _guarded(check, dtype, functools.partial(run, dev))
     return results
 
 

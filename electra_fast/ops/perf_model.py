@@ -20,9 +20,9 @@ warps / elements: what the schedulers issue. The tables print thread-level count
 lanes, summed over the hot loops (the fold's passes over the vocabulary) - "SASS instructions per logit".
 
 The head's prediction traces the head's code on meta tensors, once per README shape and card
-(`triton_backend.generator_loss_and_sample`, so the chunk plan, the launch configurations and every torch op come from the
-implementation as it is when this runs; the head is told it runs on the card: cuBLAS multiplies bf16 into float32
-as it does on CUDA with torch >= 2.8, and a kernel helper `_multiprocessors` answers the card's SM count),
+(`triton_backend.generator_loss_and_sample`, so the chunk plan, the launch configurations and every torch op come from
+the implementation as it is when this runs; the head is told it runs on the card: cuBLAS multiplies bf16 into float32 as
+it does on CUDA with torch >= 2.8, and a kernel helper `_multiprocessors` answers the card's SM count),
 capturing each Triton launch with its grid and arguments and recording each aten op with its shapes:
 - a Triton kernel takes max(issue time, memory time) + one launch overhead. Issue time: the busiest SM's CTAs x
   the warp instructions of one CTA / (issuing schedulers x clock), a scheduler issuing one warp instruction per
@@ -467,7 +467,7 @@ def analyse(launch: launch_limits.Launch, arch: int) -> KernelStats:
         shared_bytes=shared, ctas_per_sm=occupancy, limiter=limiter, static=class_counts(code),
         loops=[{"variable": loop.variable, "source": loop.source, "span": [loop.first, loop.last],
                 "loads_global": any(i.mnemonic.startswith("LDG") for i in body), **class_counts(body)}
-               for loop, body in zip(loops, bodies)],
+               for loop, body in zip(loops, bodies, strict=True)],
         outside=class_counts([i for i in code if i.address not in inside]),
         mnemonics=dict(Counter(i.mnemonic for i in code).most_common()))
     _STATS[key] = (launch.kernel, stats)
@@ -497,9 +497,9 @@ def per_element(stats: KernelStats, elements: int) -> dict[str, float]:
     included), x warps x 32 lanes / elements per CTA and iteration; for a kernel without such loops, the whole
     kernel but its cold loops / elements per CTA."""
     roles = loop_roles(stats)
-    bodies = [loop for loop, role in zip(stats.loops, roles) if role != "cold"]
+    bodies = [loop for loop, role in zip(stats.loops, roles, strict=True) if role != "cold"]
     if not bodies:
-        cold = [loop for loop, role in zip(stats.loops, roles) if role == "cold"]
+        cold = [loop for loop, role in zip(stats.loops, roles, strict=True) if role == "cold"]
         bodies = [{c: stats.static[c] - sum(loop[c] for loop in cold) for c in (*CLASSES, "total")}]
     return {c: sum(b[c] for b in bodies) * stats.warps * 32 / elements for c in (*CLASSES, "total")}
 
@@ -509,7 +509,7 @@ def instructions_per_warp(stats: KernelStats, args: dict, constexprs: dict) -> f
     once, each hot loop's body times its iterations, cold loops never."""
     model = KERNEL_MODELS.get(stats.name)
     total = stats.outside["total"]
-    for loop, role in zip(stats.loops, loop_roles(stats)):
+    for loop, role in zip(stats.loops, loop_roles(stats), strict=True):
         if role == "unknown":
             raise RuntimeError(
                 f"perf_model: {stats.name} has a loop over `{loop['variable']}` ({loop['source']}) that "
@@ -563,7 +563,7 @@ def triton_bytes(stats: KernelStats, args: dict, constexprs: dict, grid: tuple, 
     element_tensor = args.get(model.element_arg) if model and model.element_arg else None
     if isinstance(element_tensor, torch.Tensor) and element_tensor.numel():
         covered = min(1.0, model.coverage(args, constexprs, grid)) if model.coverage else 1.0
-        hot = [loop for loop, role in zip(stats.loops, loop_roles(stats)) if role == "hot"]
+        hot = [loop for loop, role in zip(stats.loops, loop_roles(stats), strict=True) if role == "hot"]
         passes = max(1, sum(loop["loads_global"] for loop in hot))
         resident = min(ctas, card.sms * stats.ctas_per_sm)
         walked = _nbytes(element_tensor) * covered * resident / max(ctas, 1)
@@ -631,7 +631,8 @@ def aten_event(func, args: tuple, kwargs: dict, out) -> dict | None:
         only_written = mutated and (argument.is_out or name in _WRITE_ONLY)
         num_bytes += size * (2 if mutated and not only_written else 1)
     outputs = out if isinstance(out, (list, tuple)) else [out]
-    num_bytes += sum(_nbytes(t) for t, r in zip(outputs, schema.returns) if r.alias_info is None)
+    # strict=False: an op may return nothing (or a list) where its schema names the returns otherwise.
+    num_bytes += sum(_nbytes(t) for t, r in zip(outputs, schema.returns, strict=False) if r.alias_info is None)
     gemm = name in _GEMMS
     return {"kind": "gemm" if gemm else "pass", "op": str(func), "bytes": num_bytes,
             "flops": _gemm_flops(name, args) if gemm else 0}
@@ -685,9 +686,9 @@ def trace_head(n: int, h: int, v: int, card: str = "H100", dtype=torch.bfloat16,
     """The ops and launches of the fused head's training path on `card` (forward writing the gradients, with a
     bias, sampling with disallow_correct, reduction 'mean', default logits budget), then the custom op's layer
     around it, run on meta tensors: hidden [n, h] and weight [v, h] in `dtype`."""
+    from ..kernels import generator_loss_and_sample, replace, rtd_loss, sample_logits, sampler
     from . import settings
     from .backends import triton_backend
-    from ..kernels import generator_loss_and_sample, replace, rtd_loss, sample_logits, sampler
 
     if card not in CARDS:
         raise ValueError(f"trace_head: card {card!r} is not one of {sorted(CARDS)}")
@@ -705,7 +706,8 @@ def trace_head(n: int, h: int, v: int, card: str = "H100", dtype=torch.bfloat16,
         # The first chunk's compile stands for them all: one compile per kernel and shape, not per chunk.
         group = (kernel.fn.__name__, tuple(launch.signature.items()), tuple(sorted(launch.constexprs.items())),
                  tuple(sorted(launch.options.items())))
-        named = dict(zip([a for a in kernel.arg_names if a not in kwargs], args))
+        # strict=False: parameters after the arguments given keep their defaults, as in a launch.
+        named = dict(zip([a for a in kernel.arg_names if a not in kwargs], args, strict=False))
         grid = grid({**named, **kwargs}) if callable(grid) else grid
         events.append({"kind": "triton", "launch": stand_ins.setdefault(group, launch), "grid": tuple(grid),
                        "args": named})
@@ -728,8 +730,8 @@ def trace_head(n: int, h: int, v: int, card: str = "H100", dtype=torch.bfloat16,
             chunks.append((r0, fold["args"]["logits_ptr"].shape[0]))
             r0 += chunks[-1][1]
     if len(chunks) != len(folds):
-        raise RuntimeError(f"perf_model: generator_loss_and_sample._chunks gives {len(chunks)} chunks at {(n, h, v)}, the "
-                           f"head launched {len(folds)} folds; update trace_head")
+        raise RuntimeError(f"perf_model: generator_loss_and_sample._chunks gives {len(chunks)} chunks at "
+                           f"{(n, h, v)}, the head launched {len(folds)} folds; update trace_head")
     return HeadTrace((n, h, v), card, dtype, budget, chunks, events)
 
 
@@ -785,7 +787,7 @@ def _kernel_row(stats: KernelStats, constexprs: dict, where: str) -> dict:
         "stack_bytes": stats.stack_bytes, "local_bytes": stats.local_bytes,
         "spill_instructions": stats.spill_instructions, "shared_bytes": stats.shared_bytes,
         "ctas_per_sm": stats.ctas_per_sm, "limiter": stats.limiter, "static": stats.static,
-        "loops": [{**loop, "role": role} for loop, role in zip(stats.loops, loop_roles(stats))],
+        "loops": [{**loop, "role": role} for loop, role in zip(stats.loops, loop_roles(stats), strict=True)],
         "outside": stats.outside, "mnemonics": stats.mnemonics,
         "element": element[0] if element else None, "elements_per_iteration": element[1] if element else None,
         "per_element": per_element(stats, element[1]) if element else None,

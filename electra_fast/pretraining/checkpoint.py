@@ -48,8 +48,8 @@ def save(out: str, step: int, model: torch.nn.Module, training_state: dict, conf
     def fill(temporary):
         save_model(model, os.path.join(temporary, WEIGHTS))
         torch.save(training_state, os.path.join(temporary, STATE))
-        files = {f: {"bytes": os.path.getsize(os.path.join(temporary, f)), "sha256": _sha256(os.path.join(temporary, f))}
-                 for f in (WEIGHTS, STATE)}
+        files = {f: {"bytes": os.path.getsize(os.path.join(temporary, f)),
+                     "sha256": _sha256(os.path.join(temporary, f))} for f in (WEIGHTS, STATE)}
         with open(os.path.join(temporary, MANIFEST), "w") as f:
             json.dump({"format": FORMAT, "step": step, "config": config, "files": files}, f, indent=1)
 

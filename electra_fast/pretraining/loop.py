@@ -43,7 +43,8 @@ import time
 import torch
 
 from .. import locking
-from ..data import prepare, shards as data
+from ..data import prepare
+from ..data import shards as data
 from ..errors import BadInput
 from ..files import write_folder
 from ..ops.settings import set_value_checks, value_checks
@@ -66,12 +67,19 @@ def pretrain(config: PretrainConfig) -> PretrainResult:
     Raises BadInput (DataError, CorpusError, CheckpointError, ...) for bad input, before anything is written where
     it can (a checkpoint that cannot be written keeps the previous one), and OSError for a folder it cannot write
     (locking.FolderInUse while another run writes config.out). KeyboardInterrupt propagates, once the latest
-    checkpoint is named on stderr: the same config with resume=True continues the run. `config` is not changed."""
+    checkpoint is named on stderr (also when it comes while the corpus is prepared or the model exported): the
+    same config with resume=True continues the run. `config` is not changed."""
     config.check()
     dist = _Distributed(config.device)
     try:
         with locking.exclusive(config.out, rank=dist.rank, broadcast=dist.broadcast):  # rank 0 alone writes
             return _pretrain(config, dist)
+    except KeyboardInterrupt as interrupt:
+        if dist.rank == 0 and not getattr(interrupt, "reported", False):  # outside the steps: preparing, exporting
+            latest = checkpoint.latest(config.out) or "none yet"
+            print(f"interrupted; the latest checkpoint in {config.out} is {latest} "
+                  "(continue with --resume; a corpus being prepared continues where it stopped)", file=sys.stderr)
+        raise
     finally:
         dist.close()
 
@@ -198,7 +206,7 @@ def _pretrain(config: PretrainConfig, dist: _Distributed) -> PretrainResult:
             raise CheckpointError(f"--steps {steps} is below the {saved_config['steps']} steps of the run in "
                                   f"{config.out}; a resumed run continues to its end or is extended")
         if steps > saved_config["steps"]:
-            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
                 group["lr"] = base * lr_multiplier(start, warmup=warmup, total=steps)
             scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
             if rank == 0:
@@ -281,10 +289,11 @@ def _pretrain(config: PretrainConfig, dist: _Distributed) -> PretrainResult:
                     # The first step's ops checked the ids and positions; the later steps' come from the same data
                     # and masking, and on a GPU each check is a wait for the device.
                     set_value_checks(False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if rank == 0:
             print(f"interrupted at step {step}; the latest checkpoint is {checkpoint.latest(config.out)} "
                   "(continue with --resume)", file=sys.stderr)
+        interrupt.reported = True  # pretrain() says nothing more
         raise
     finally:
         set_value_checks(checking)
@@ -391,7 +400,7 @@ def _evaluate(model: Pretrainer, windows: data.Windows, batch_size: int, bf16: b
                 scores.setdefault(k, []).append(v.cpu())
     model.train(was_training)
     sums = dist.sum(sums)
-    metrics = dict(zip(averaged, (sums[:-1] / sums[-1].clamp_min(1)).tolist()))
+    metrics = dict(zip(averaged, (sums[:-1] / sums[-1].clamp_min(1)).tolist(), strict=True))
     # One gather on every rank, whatever it holds (a rank's share of the split may be empty).
     every = dist.gather([{k: torch.cat(parts) for k, parts in scores.items()}])
     split = {k: torch.cat([part[k] for part in every if k in part]) for k in set().union(*every)}
@@ -467,7 +476,7 @@ class _Window:
         sums = self.dist.mean(self.sums)
         *fields, tokens, grad_norm_sum = torch.cat([sums, self.grad_norm_sum.reshape(1)]).tolist()
         micro_batches = self.grad_accum * self.steps
-        metrics = {name: total / micro_batches for name, total in zip(self.averaged, fields)}
+        metrics = {name: total / micro_batches for name, total in zip(self.averaged, fields, strict=True)}
         metrics.update(self.model.count_metrics({k: self.dist.sum(v) for k, v in self.counts.items()}))
         read = metrics, grad_norm_sum / self.steps, tokens * self.dist.world
         self._start()

@@ -18,12 +18,13 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from ..ops import api
-from . import flops, rtd_metrics
-from ..hf import encoders as hf_encoders, masked_lm as hf_mlm
+from ..hf import encoders as hf_encoders
+from ..hf import masked_lm as hf_mlm
 from ..hf.encoders import EMBEDDING_SHARING, FamilyAdapter
-from ..ops.masking import IGNORE_INDEX, MASKING_SPLITS, check_max_predictions, mask_token_slots
 from ..models import Discriminator, Generator, preset_configs, save_hugging_face
+from ..ops import api
+from ..ops.masking import IGNORE_INDEX, MASKING_SPLITS, check_max_predictions, mask_token_slots
+from . import flops, rtd_metrics
 
 GENERATOR_OBJECTIVES = ("mle", "adversarial")
 RTD_TOKENS = ("all", "masked")

@@ -42,11 +42,11 @@ def plot_runs(runs: list[str], png_path: str, *, x: str = "steps", metrics=("los
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for run, records in logs.items():
             points = [(r[field], r[metric]) for r in records if metric in r and field in r]
             if points:
-                ax.plot(*zip(*points), label=os.path.basename(os.path.normpath(run)) or run)
+                ax.plot(*zip(*points, strict=True), label=os.path.basename(os.path.normpath(run)) or run)
         ax.set_title(metric)
         ax.set_xlabel(x)
         if x != "steps":

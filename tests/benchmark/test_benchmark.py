@@ -42,7 +42,7 @@ def test_the_cublas_probe_answer_is_a_note(monkeypatch):
         ("cublas mm -> float32", "cublas addmm -> float32 in place"), "n/a (float32 inputs)")
     monkeypatch.setattr(generator_loss_and_sample, "_float32_out", lambda device, dtype: (True, False))
     for capability, loud in (((9, 0), True), ((7, 5), False)):
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, capability=capability: capability)
         notes = heads.cublas_probe_notes(cuda, torch.bfloat16)
         assert (notes["cublas mm -> float32"], notes["cublas addmm -> float32 in place"]) == ("yes", "no")
         assert ("WARNING" in notes) == loud
@@ -150,7 +150,7 @@ def test_defaults_follow_the_device(monkeypatch):
     cpu = benchmark.Config(device="cpu")
     assert (cpu.batch_size, cpu.seq_len, cpu.dtype) == (8, 128, "float32")
     for supported, dtype in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, supported=supported, **k: supported)
         cuda = benchmark.Config(device="cuda")
         assert (cuda.batch_size, cuda.seq_len, cuda.dtype) == (128, 128, dtype)
     explicit = benchmark.Config(device="cuda:0", batch_size=4, dtype="float16")

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from electra_fast.data import cli as prepare_cli, corpus, shards as data, prepare
+from electra_fast.data import cli as prepare_cli
+from electra_fast.data import corpus, prepare
+from electra_fast.data import shards as data
+
 from helpers import REPOSITORY
 
 LINES = [line for record in corpus.CorpusReader(corpus.find_sources(None))
@@ -302,7 +305,8 @@ def test_two_pretrain_runs_on_one_corpus_give_the_same_weights(tmp_path):
 
 def _peak_rss_mb(corpus_path, out, tokenizer_dir):
     """Peak resident memory (MB) of the largest process of a prepare run, with 64 KiB batches and one worker."""
-    code = (f"from electra_fast.data import prepare, corpus; prepare.BATCH_BYTES = 1 << 16; corpus.PIECE_BYTES = 1 << 16; "
+    code = ("from electra_fast.data import prepare, corpus; prepare.BATCH_BYTES = 1 << 16; "
+            "corpus.PIECE_BYTES = 1 << 16; "
             f"prepare.prepare([{str(corpus_path)!r}], {str(out)!r}, tokenizer_dir={tokenizer_dir!r}, workers=1, "
             f"shard_tokens=1 << 20, progress=False)")
     script = (f"import resource, subprocess, sys\n"
@@ -366,7 +370,7 @@ def test_interruption_at_any_shard_then_rerun_gives_the_same_data(tmp_path, toke
     for stop_at in (1, 2, len(whole) - 2):
         calls = []
 
-        def close_then_stop(self, next_record):
+        def close_then_stop(self, next_record, calls=calls, stop_at=stop_at):
             real_close(self, next_record)
             calls.append(1)
             if len(calls) == stop_at:

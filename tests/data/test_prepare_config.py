@@ -10,9 +10,11 @@ import os
 import pytest
 
 import electra_fast
-from electra_fast.data import cli as prepare_cli, shards
+from electra_fast.data import cli as prepare_cli
+from electra_fast.data import shards
 from electra_fast.errors import BadInput
 from electra_fast.options.cli import config_from
+
 from helpers import command_line_of, flag_actions
 
 # `electra-fast prepare`'s flags and defaults before PrepareConfig, and the keys of the index.json it wrote:

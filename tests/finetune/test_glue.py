@@ -132,7 +132,8 @@ def test_a_killed_suite_continues_and_keeps_the_finished_tasks(suite, glue_dir, 
     status, _, stderr = _glue(*_suite_arguments(glue_dir, pretrained, out))
     assert status == 130 and stderr.strip().splitlines()[-1].startswith("electra-fast glue: interrupted")
     assert started == PAPER_ORDER[:4]
-    assert sorted(p.name for p in out.iterdir()) == [".STS-B.a1b2c3d4", ".lock", "CoLA", "MRPC", "SST-2"]  # .lock: one suite at a time
+    # .lock: one suite at a time
+    assert sorted(p.name for p in out.iterdir()) == [".STS-B.a1b2c3d4", ".lock", "CoLA", "MRPC", "SST-2"]
     finished = {name: (out / name / "metrics.json").stat().st_mtime_ns for name in PAPER_ORDER[:3]}
     monkeypatch.setattr(glue, "finetune", real_finetune)
 
@@ -167,7 +168,7 @@ def _results(runs_by_task):
 
 def _runs(**metrics):
     """Three runs from per-metric lists of three values."""
-    return [dict(zip(metrics, values)) for values in zip(*metrics.values())]
+    return [dict(zip(metrics, values, strict=True)) for values in zip(*metrics.values(), strict=True)]
 
 
 HAND_WORKED = {
@@ -218,7 +219,7 @@ PAPER_TABLE_2 = {
 @pytest.mark.parametrize("row", PAPER_TABLE_2)
 def test_the_score_is_the_papers_average(row):
     scores, printed = PAPER_TABLE_2[row]
-    score = glue.glue_score({name: value / 100 for name, value in zip(PAPER_ORDER, scores)})
+    score = glue.glue_score({name: value / 100 for name, value in zip(PAPER_ORDER, scores, strict=True)})
     assert abs(score - printed) <= 0.05 + 1e-9   # the paper rounds the mean of its rounded task scores
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from electra_fast import ElectraPretrainer
-from electra_fast.data import shards, prepare
 from electra_fast.cli import main as cli_main
+from electra_fast.data import prepare, shards
 from electra_fast.finetune import FinetuneDataError, FinetuneOptions, data, finetune, train
 from electra_fast.finetune.cli import add_arguments
 
@@ -361,7 +361,8 @@ def test_classification_reaches_near_perfect_and_the_output_loads(pretrained, tm
     texts = [line.split("\t") for line in validation.read_text().splitlines()[1:]]
     with torch.no_grad():
         logits = loaded.eval()(**tokenizer([t for t, _ in texts], padding=True, return_tensors="pt")).logits
-    accuracy = sum(str(p) == y for p, y in zip(logits.argmax(-1).tolist(), (y for _, y in texts))) / len(texts)
+    gold = [y for _, y in texts]
+    accuracy = sum(str(p) == y for p, y in zip(logits.argmax(-1).tolist(), gold, strict=True)) / len(texts)
     run = next(r for r in results["runs"] if r["seed"] == results["median_seed"])
     assert accuracy == pytest.approx(run["accuracy"])
 
@@ -487,7 +488,7 @@ def test_tensorboard_events_hold_each_steps_loss_lr_and_the_scores_of_each_seed(
 
             real = importlib.util.find_spec
             monkeypatch.setattr(importlib.util, "find_spec",
-                                lambda name, *a: None if name == "tensorboard" else real(name, *a))
+                                lambda name, *a, real=real: None if name == "tensorboard" else real(name, *a))
         status = cli_main(["finetune", "--model", str(pretrained), "--task", "classification", "--train",
                            str(train_file), "--validation", str(validation), "--text-columns", "sentence",
                            "--tensorboard", "--quiet", *extra])

@@ -10,14 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-transformers = pytest.importorskip("transformers")
-
-import electra_fast  # noqa: E402
+import electra_fast
 from electra_fast import ElectraPretrainer
+from electra_fast.hf import encoders as hf_encoders
+from electra_fast.hf import masked_lm
 from electra_fast.ops import api
-from electra_fast.hf import encoders as hf_encoders, masked_lm  # noqa: E402
-from electra_fast.ops.masking import IGNORE_INDEX  # noqa: E402
-from helpers import TINY_FAMILIES, TINY_SIZES, fit_fixed_batch, interrupted_at_step, padded_batch, tiny_config  # noqa: E402
+from electra_fast.ops.masking import IGNORE_INDEX
+
+from helpers import TINY_FAMILIES, TINY_SIZES, fit_fixed_batch, interrupted_at_step, padded_batch, tiny_config
+
+transformers = pytest.importorskip("transformers")
 
 V, PAD, CLS, SEP, MASK = 120, 0, 1, 2, 3
 FAMILIES = {name: spec for name, spec in TINY_FAMILIES.items() if spec[0] != "distilbert"}  # RTD: no DistilBERT
@@ -72,7 +74,7 @@ def test_fused_head_at_masked_rows_equals_the_family_eager_mlm_head(name):
     # Gradients that are 0 in exact arithmetic (the key bias: softmax ignores a shift) are rounding noise on both
     # sides: each is compared within 1e-5 of its own norm or 1e-12 of the whole gradient's.
     scale = torch.cat([b.flatten() for b in truth_grads if b is not None]).norm()
-    for (param_name, _), a, b in zip(generator.named_parameters(), our_grads, truth_grads):
+    for (param_name, _), a, b in zip(generator.named_parameters(), our_grads, truth_grads, strict=True):
         if b is None:
             assert a is None or a.abs().sum() == 0, param_name
         else:
@@ -88,7 +90,8 @@ def _step_grads(model, wrt, seed=7):
     mlm = torch.autograd.grad(out.mlm_loss, wrt, retain_graph=True, allow_unused=True)
     rtd = torch.autograd.grad(out.rtd_loss, wrt, allow_unused=True)
     zero = [torch.zeros_like(t) for t in wrt]
-    return out, [m if m is not None else z for m, z in zip(mlm, zero)], [r if r is not None else z for r, z in zip(rtd, zero)]
+    return (out, [m if m is not None else z for m, z in zip(mlm, zero, strict=True)],
+            [r if r is not None else z for r, z in zip(rtd, zero, strict=True)])
 
 
 def _unshared_copy(name, gen_embedding, disc_embedding):
@@ -261,15 +264,18 @@ def test_a_folder_with_only_a_config_builds_fresh_models(tmp_path):
 def roberta_corpus(tmp_path_factory):
     """(corpus file, a byte-level BPE tokenizer with RoBERTa's specials <s> </s> <pad> <mask> <unk>)."""
     from pydoc_data import topics
+
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     root = tmp_path_factory.mktemp("roberta")
-    lines = [line for name in sorted(topics.topics)[:3] for line in topics.topics[name].splitlines() if line.strip()][:80]
+    lines = [line for name in sorted(topics.topics)[:3] for line in topics.topics[name].splitlines()
+             if line.strip()][:80]
     (root / "corpus.txt").write_text("\n".join(lines), encoding="utf-8")
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     tokenizer.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
+                                                             special_tokens=specials))
     (root / "tokenizer").mkdir()
     tokenizer.save(str(root / "tokenizer" / "tokenizer.json"))
     return str(root / "corpus.txt"), str(root / "tokenizer")
@@ -287,7 +293,8 @@ def _pretrain(out, corpus, *extra):
                                       "--steps", "4", "--save-every", "2", "--out", str(out), *extra]))
 
 
-@pytest.mark.parametrize("flags", [["--discriminator", "roberta", "--generator", "deberta-v2", "--embedding-sharing", "gdes"],
+@pytest.mark.parametrize("flags", [["--discriminator", "roberta", "--generator", "deberta-v2",
+                                    "--embedding-sharing", "gdes"],
                                    ["--discriminator", "modernbert", "--embedding-sharing", "es"]],
                          ids=["roberta-deberta-gdes", "modernbert-es"])
 def test_pretrain_command_resumes_a_hugging_face_pair_exactly(tmp_path, roberta_corpus, monkeypatch, flags):

@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 import electra_fast  # noqa: E402
 from electra_fast.hf import masked_lm  # noqa: E402
 from electra_fast.ops.numerics import chi_square_pvalue  # noqa: E402
+
 from helpers import TINY_FAMILIES, padded_batch, tiny_config  # noqa: E402
 
 V, PAD, CLS, SEP = 120, 0, 1, 2
@@ -38,7 +39,7 @@ def _assert_grads_equal(model, reference, rtol):
     """Every parameter's gradient, to rtol of the largest gradient entry of the model (those that are zero in
     exact arithmetic, such as attention key biases, stay at rounding level)."""
     scale = max(q.grad.abs().max() for q in reference.parameters() if q.grad is not None)
-    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
         assert (p.grad is None) == (q.grad is None), name
         if q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=rtol * scale, msg=name)
@@ -107,7 +108,7 @@ def test_positional_arguments_and_other_inputs_reach_the_encoder():
         out = model(ids, mask, types, labels=labels, output_hidden_states=True)
     want = reference(ids, mask, types, labels=labels, output_hidden_states=True)
     torch.testing.assert_close(out.loss, F.cross_entropy(want.logits.view(-1, V), labels.view(-1)), rtol=1e-12, atol=0)
-    assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, want.hidden_states))
+    assert all(torch.equal(a, b) for a, b in zip(out.hidden_states, want.hidden_states, strict=True))
     assert not torch.equal(reference(ids, mask, labels=labels).loss, want.loss)  # the token types matter
 
 
@@ -165,7 +166,7 @@ def _train_with_trainer(tmp_path, name, *, patched, accumulation, batch):
     if patched:
         electra_fast.patch_masked_lm(model)
     ids, mask, labels = _batch(seed=2, share=0.4, lengths=(20, 6, 14, 9))
-    rows = [dict(input_ids=i, attention_mask=m, labels=lab) for i, m, lab in zip(ids, mask, labels)]
+    rows = [dict(input_ids=i, attention_mask=m, labels=lab) for i, m, lab in zip(ids, mask, labels, strict=True)]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / f"{name}-{patched}-{accumulation}"), per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.5, optim="sgd", max_grad_norm=0.0,
@@ -310,7 +311,8 @@ def test_unpatch_restores_the_original_forward_of_instance_and_class():
     ids, mask, labels = _batch()
     assert model(input_ids=ids, attention_mask=mask, labels=labels).logits is None
     electra_fast.unpatch_masked_lm(model)
-    assert not masked_lm.is_patched(model) and model(input_ids=ids, attention_mask=mask, labels=labels).logits is not None
+    assert not masked_lm.is_patched(model)
+    assert model(input_ids=ids, attention_mask=mask, labels=labels).logits is not None
 
     assert electra_fast.patch_masked_lm("roberta") == "roberta"
     try:

@@ -5,6 +5,7 @@ from torch import library
 
 import electra_fast
 from electra_fast.ops import settings
+
 from helpers import head_inputs
 
 
@@ -55,7 +56,7 @@ def test_torch_compile_fullgraph_matches_eager(target):
         leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias, logits)]
         loss, sampled, predicted = fn(*leaves[:3], targets, leaves[3], labels, mask, torch.tensor(99))
         results.append((loss, sampled, predicted, *torch.autograd.grad(loss, leaves)))
-    for eager, compiled in zip(*results):
+    for eager, compiled in zip(*results, strict=True):
         assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
 
 

@@ -70,7 +70,7 @@ def test_rows_without_eligible_tokens_and_generator_repeatability():
     assert (out.positions // 4).tolist() == [1]
     a = mask_tokens(ids, attention, mask_token_id=MASK, generator=torch.Generator().manual_seed(3))
     b = mask_tokens(ids, attention, mask_token_id=MASK, generator=torch.Generator().manual_seed(3))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_bad_arguments():

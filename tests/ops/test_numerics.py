@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import electra_fast
-from electra_fast.ops import numerics as check, reference
+from electra_fast.ops import numerics as check
+from electra_fast.ops import reference
 from electra_fast.ops.backends import cpp_backend
 from electra_fast.ops.settings import TRITON_INTERPRET
 
@@ -77,7 +78,7 @@ def test_the_cpp_head_passes_every_limit(dtype):
     assert [r.check for r in results] == [f"head t {q}" for q in QUANTITIES]
     assert all(r.verdict == "PASS" for r in results), results
     limits = check.head_limits(dtype)
-    assert all(r.limit == limits[q] for r, q in zip(results, QUANTITIES[:5]))
+    assert all(r.limit == limits[q] for r, q in zip(results[:5], QUANTITIES[:5], strict=True))
 
 
 def test_a_wrong_gradient_fails_against_the_independent_truth(monkeypatch):
@@ -321,7 +322,8 @@ def test_offsets_that_wrap_at_the_boundary_fail(monkeypatch):
 
     real_forward, real_backward = cpp_backend.sample_logits, cpp_backend.sample_logits_backward
     monkeypatch.setattr(cpp_backend, "sample_logits", lambda logits, *a: real_forward(wrapped(logits), *a))
-    monkeypatch.setattr(cpp_backend, "sample_logits_backward", lambda g, logits, *a: real_backward(g, wrapped(logits), *a))
+    monkeypatch.setattr(cpp_backend, "sample_logits_backward",
+                        lambda g, logits, *a: real_backward(g, wrapped(logits), *a))
     results = check.wide_logits_checks(CPU, **WIDE)
     assert [r.verdict for r in results] == ["FAIL"] * 5, results
 
@@ -361,7 +363,7 @@ def test_the_cublas_probe_is_a_row(monkeypatch):
     monkeypatch.setattr(generator_loss_and_sample, "_float32_out", lambda device, dtype: answers[dtype])
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     for capability, verdict in (((9, 0), "FAIL"), ((7, 5), "SKIP")):
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, capability=capability: capability)
         rows = {(r.check, r.dtype): r for r in check.cublas_checks(torch.device("cuda", 0))}
         assert [(r.value, r.verdict) for r in rows.values()] == [("yes", "PASS"), ("no", verdict), ("yes", "PASS"),
                                                                 ("yes", "PASS")]

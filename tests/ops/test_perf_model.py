@@ -4,6 +4,7 @@ known; the prediction arithmetic on hand-computed cases.
 
 Compiling needs Triton's NVIDIA backend and its tools, and the real compiler, not the interpreter this session
 runs under: those tests run a fresh process, and skip where the tools are absent (e.g. off Linux)."""
+import itertools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from electra_fast.ops import perf_model
+
 from helpers import REPOSITORY
 
 _ROOT = REPOSITORY  # the checkout: its electra_fast first
@@ -90,7 +92,7 @@ def test_the_prediction_covers_every_shape_and_card_with_the_head_gemms(report):
         assert p["gemm_flops"] == 6 * n * h * v  # the three products, whatever the chunking
         starts = [r0 for r0, _ in p["chunks"]]
         assert starts == sorted(starts) and sum(rows for _, rows in p["chunks"]) == n
-        assert all(a + rows == b for (a, rows), (b, _) in zip(p["chunks"], p["chunks"][1:]))
+        assert all(a + rows == b for (a, rows), (b, _) in itertools.pairwise(p["chunks"]))
         assert p["launches"]["GEMMs"] == 3 * len(p["chunks"])
         assert math.isclose(p["total_s"], sum(p["seconds"].values()), rel_tol=1e-12)
         assert p["total_s"] > p["gemm_only_s"] > 0 and math.isclose(p["ratio"], p["total_s"] / p["gemm_only_s"])

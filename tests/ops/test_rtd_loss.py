@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import electra_fast
 from electra_fast.ops import backends
+
 from helpers import rel_err
 
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import electra_fast
 from electra_fast.ops import backends, reference
+
 from conftest import interpreted
 from helpers import assert_samples_match, rel_err
 

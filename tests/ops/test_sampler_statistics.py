@@ -2,9 +2,11 @@
 probability 0 (or the excluded target) are never drawn (contract §4)."""
 import pytest
 import torch
+
 import electra_fast
-from conftest import interpreted
 from electra_fast.ops.numerics import chi_square_pvalue, sampler_logits
+
+from conftest import interpreted
 
 
 def _rows(backend):

@@ -14,6 +14,7 @@ import torch
 import electra_fast
 from electra_fast import PretrainConfig
 from electra_fast.pretraining import checkpoint
+
 from helpers import interrupted_at_step
 
 TINY = dict(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, embedding_size=16, seq_len=24,
@@ -163,3 +164,16 @@ def test_checkpoints_keep_the_format_that_earlier_checkpoints_have_and_the_comma
         argv += ["--" + name.replace("_", "-"), str(value)]
     assert cli_main(argv) == 0
     assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_an_interruption_while_the_corpus_is_prepared_is_named_and_propagates(tmp_path, corpus, monkeypatch, capsys):
+    from electra_fast.data import prepare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "prepare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        electra_fast.pretrain(PretrainConfig(corpus=[corpus], out=str(tmp_path / "run"), steps=2, **TINY))
+    assert f"interrupted; the latest checkpoint in {tmp_path / 'run'} is none yet (continue with --resume" in \
+        capsys.readouterr().err

@@ -5,6 +5,7 @@ import torch
 import electra_fast
 from electra_fast import ElectraPretrainer
 from electra_fast.pretraining import rtd_metrics
+
 from helpers import fit_fixed_batch, padded_batch
 
 V, MASK, CLS, SEP, PAD = 120, 3, 1, 2, 0
@@ -71,7 +72,7 @@ def test_reference_and_cpp_backends_agree_for_one_seed(make):
         with electra_fast.use_backend(backend):
             torch.manual_seed(123)
             results.append(model(ids, mask))
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -117,7 +118,7 @@ def test_seeded_step_is_repeatable_and_attention_mask_defaults_to_pad():
     a = model(ids, mask)
     torch.manual_seed(9)
     b = model(ids)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_bf16_autocast_on_cpu():
@@ -198,7 +199,7 @@ def test_builtin_discriminator_saves_and_loads_back(tmp_path):
     model.save_discriminator(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     encoder = load_discriminator_encoder(str(tmp_path))
-    for a, b in zip(encoder.state_dict().values(), model.discriminator.encoder.state_dict().values()):
+    for a, b in zip(encoder.state_dict().values(), model.discriminator.encoder.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

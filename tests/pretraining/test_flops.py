@@ -3,8 +3,8 @@ import dataclasses
 
 import pytest
 
-from electra_fast.pretraining import flops
 from electra_fast.models import EncoderConfig, preset_configs
+from electra_fast.pretraining import flops
 
 TINY = EncoderConfig(vocab_size=10, hidden_size=4, num_layers=1, num_heads=2, intermediate_size=8, embedding_size=4)
 
@@ -23,7 +23,8 @@ def test_a_tiny_encoder_counted_by_hand():
     assert flops.encoder_train_flops(TINY, 3, masked_fraction=None) == 2 * 3 * (521 + 164 + 76) == 4566
     assert flops.encoder_train_flops(TINY, 3, masked_fraction=1 / 3) == pytest.approx(2 * 3 * (521 + 164 + 238 / 3))
     projected = dataclasses.replace(TINY, embedding_size=2)  # E != H adds the projection 2·4·2 + 4
-    assert flops.input_embedding_flops(projected, 3) == (2 * 2 * 10 + 2 * 2 * 5 + 2 * 2 + 5 * 2 + 4 * 2) + (2 * 4 * 2 + 4)
+    assert flops.input_embedding_flops(projected, 3) == \
+        (2 * 2 * 10 + 2 * 2 * 5 + 2 * 2 + 5 * 2 + 4 * 2) + (2 * 4 * 2 + 4)
 
 
 @pytest.mark.parametrize("model, steps, batch, seq_len, expected", [
@@ -42,8 +43,9 @@ def test_the_papers_training_flops(model, steps, batch, seq_len, expected):
     disc = small if "small" in model else base
     width = 64 if "small" in model else 256
     gen = dataclasses.replace(disc, hidden_size=width, num_heads=width // 64, intermediate_size=4 * width)
-    per_sequence = (flops.electra_train_flops(gen, disc, seq_len, masked_fraction=0.15625) if model.startswith("electra")
-                    else flops.encoder_train_flops(disc, seq_len, masked_fraction=0.15625))
+    masked = 0.15625
+    per_sequence = (flops.electra_train_flops(gen, disc, seq_len, masked_fraction=masked) if model.startswith("electra")
+                    else flops.encoder_train_flops(disc, seq_len, masked_fraction=masked))
     assert f"{per_sequence * batch * steps:.1e}" == f"{expected:.1e}"
 
 

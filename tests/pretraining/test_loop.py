@@ -4,11 +4,12 @@ the steps waiting for the device, and two processes through torchrun. Tiny model
 (prepare, the window order) is tested in test_prepare.py."""
 import argparse
 import errno
+import itertools
 import json
 import math
 import os
-import subprocess
 import signal
+import subprocess
 import sys
 import time
 
@@ -16,9 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from electra_fast.pretraining import checkpoint, cli as pretrain_cli, loop as trainer
 from electra_fast.data import shards
+from electra_fast.pretraining import checkpoint
+from electra_fast.pretraining import cli as pretrain_cli
+from electra_fast.pretraining import loop as trainer
 from electra_fast.pretraining.objectives import ElectraPretrainer
+
 from helpers import interrupted_at_step
 
 TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "64",
@@ -104,7 +108,7 @@ def test_corpus_from_files_folders_and_globs(tmp_path):
 def test_schedule_warms_up_then_decays_to_zero_and_decay_skips_norms_and_biases():
     lrs = [trainer.lr_multiplier(s, warmup=4, total=20) for s in range(21)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0] and lrs[4] == 1.0 and lrs[20] == 0.0
-    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
     decayed, plain = trainer._adamw(model, 1e-3, 0.01).param_groups
     assert decayed["weight_decay"] == 0.01 and [p.shape for p in decayed["params"]] == [(3, 3)]
@@ -131,7 +135,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, corpus, monkeypa
         assert json.dumps([r[key] for r in a]) == json.dumps([r[key] for r in b]), key  # NaN-safe
     from safetensors.torch import load_file
 
-    weights = [load_file(os.path.join(checkpoint.latest(out), checkpoint.WEIGHTS)) for out in (tmp_path / "a", tmp_path / "b")]
+    weights = [load_file(os.path.join(checkpoint.latest(out), checkpoint.WEIGHTS))
+               for out in (tmp_path / "a", tmp_path / "b")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["step-00000004", "step-00000006"]  # --keep 2
@@ -354,8 +359,8 @@ def test_validation_is_logged_repeatable_and_leaves_training_unchanged(tmp_path,
 
 
 def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsys):
-    from electra_fast.pretraining import flops
     from electra_fast.models import EncoderConfig
+    from electra_fast.pretraining import flops
 
     assert _run(tmp_path / "a", corpus, "--steps", "2") == 0
     config = checkpoint.read_manifest(checkpoint.latest(tmp_path / "a"))["config"]["model"]
@@ -371,7 +376,7 @@ def test_flops_are_logged_bound_the_run_and_mark_exports(tmp_path, corpus, capsy
     err = capsys.readouterr().err
     assert f"3 steps of {per_step:.3g} FLOPs" in err and f"{9 * per_step:g} lie past the run's" in err
     assert [r["step"] for r in _log(tmp_path / "b")] == [1, 2, 3]
-    for milestone, step in zip(milestones, (1, 1, 2)):
+    for milestone, step in zip(milestones[:3], (1, 1, 2), strict=True):  # the fourth lies past the end
         exported = json.loads((tmp_path / "b" / "exports" / f"flops-{milestone:g}" / "config.json").read_text())
         assert (exported["pretraining_step"], exported["pretraining_flops"]) == (step, step * per_step)
     assert len(os.listdir(tmp_path / "b" / "exports")) == 3
@@ -604,8 +609,8 @@ def test_two_processes_through_torchrun(tmp_path, corpus):
 
 
 def test_mlm_objective_counts_its_own_flops_logs_its_metrics_and_resumes_only_as_mlm(tmp_path, corpus, capsys):
-    from electra_fast.pretraining import flops
     from electra_fast.models import EncoderConfig
+    from electra_fast.pretraining import flops
 
     assert _run(tmp_path, corpus, "--objective", "mlm", "--steps", "2") == 0
     config = checkpoint.read_manifest(checkpoint.latest(tmp_path))["config"]

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 import electra_fast
 from electra_fast import ElectraPretrainer, MlmPretrainer, mask_token_slots
 from electra_fast.ops import api
-from electra_fast.pretraining import rtd_metrics
 from electra_fast.ops.masking import MASKING_SPLITS
-from electra_fast.pretraining.objectives import RTD_TOKENS
-from electra_fast.pretraining.objectives import _mask_slots
+from electra_fast.pretraining import rtd_metrics
+from electra_fast.pretraining.objectives import RTD_TOKENS, _mask_slots
+
 from helpers import REPOSITORY, TINY_FAMILIES, fit_fixed_batch, padded_batch, tiny_config
 
 V, MASK, CLS, SEP, PAD = 150, 3, 1, 2, 0

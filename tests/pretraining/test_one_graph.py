@@ -10,11 +10,12 @@ import copy
 
 import pytest
 import torch
+from test_electra_pretrainer import CLS, MASK, SEP, V, _batch, _builtin, _hugging_face
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import electra_fast
+
 from helpers import flat_output
-from test_electra_pretrainer import CLS, MASK, SEP, V, _batch, _builtin, _hugging_face
 
 
 def _electra_15(**kw):
@@ -87,7 +88,7 @@ def _assert_compiled_equals_eager(eager):
     compiled = copy.deepcopy(eager)
     want, want_params = _train(eager, eager)
     got, got_params = _train(torch.compile(compiled, fullgraph=True, backend="aot_eager"), compiled)
-    for (want_out, want_grads), (got_out, got_grads) in zip(want, got):
+    for (want_out, want_grads), (got_out, got_grads) in zip(want, got, strict=True):
         assert torch.allclose(got_out, want_out, rtol=1e-5, atol=1e-6)
         for g, w in zip(got_grads, want_grads, strict=True):
             assert torch.allclose(g, w, rtol=1e-4, atol=1e-6)
@@ -120,7 +121,7 @@ def test_step_with_its_backward_call_is_one_graph():
         want = step_of(eager)(ids, mask)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
-    for g, w in zip(compiled.parameters(), eager.parameters()):
+    for g, w in zip(compiled.parameters(), eager.parameters(), strict=True):
         assert (g.grad is None) == (w.grad is None)
         assert g.grad is None or torch.allclose(g.grad, w.grad, rtol=1e-4, atol=1e-6)
 

@@ -13,6 +13,7 @@ from electra_fast.errors import BadInput
 from electra_fast.options.cli import config_from
 from electra_fast.pretraining import cli as pretrain_cli
 from electra_fast.pretraining.config import PretrainConfig
+
 from helpers import command_line_of, flag_actions
 
 # `electra-fast pretrain`'s flags and defaults as the command defined them before PretrainConfig: a compatibility

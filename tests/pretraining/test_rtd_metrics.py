@@ -20,7 +20,8 @@ def _scores(n, separation, spread, seed, replaced_share=0.15):
 def _sklearn(logits, labels):
     y, s = labels.numpy(), logits.double().numpy()
     predicted = s > 0
-    return {"auc": sklearn.roc_auc_score(y, s), "precision": sklearn.precision_score(y, predicted, zero_division=math.nan),
+    return {"auc": sklearn.roc_auc_score(y, s),
+            "precision": sklearn.precision_score(y, predicted, zero_division=math.nan),
             "recall": sklearn.recall_score(y, predicted), "accuracy": sklearn.accuracy_score(y, predicted)}
 
 

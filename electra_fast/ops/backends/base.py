@@ -21,17 +21,18 @@ GradsNeeded = Tuple[bool, bool, bool]  # (d hidden, d weight, d bias)
 class Backend(Protocol):
     GRADS_IN_FORWARD: bool  # whether generator_loss_and_sample computes the gradients it is asked for
 
-    def generator_loss_and_sample(self, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, seed: Tensor,
-                     temperature: float, disallow_correct: bool, ignore_index: int, reduction: str,
-                     grads: GradsNeeded) -> tuple:
+    def generator_loss_and_sample(self, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+                                  seed: Tensor, temperature: float, disallow_correct: bool, ignore_index: int,
+                                  reduction: str, grads: GradsNeeded) -> tuple:
         """The fused head: hidden [N, H], weight [V, H], bias [V] | None, targets [N], seed 0-dim int64.
         Returns (loss (0-dim, or [N] for "none"), sampled [N] int64, predicted [N] int64, stats [N, 2],
         grad_hidden [N, H] | None, grad_weight [V, H] | None, grad_bias [V] | None): the gradients of the loss
         for a unit upstream gradient, exactly those `grads` asks for (the ops ask only a backend whose
         GRADS_IN_FORWARD is True, only for reduction "mean" or "sum"), None for the others."""
 
-    def generator_loss_and_sample_backward(self, grad_loss: Tensor, hidden: Tensor, weight: Tensor, bias: Optional[Tensor],
-                      targets: Tensor, stats: Tensor, ignore_index: int, reduction: str) -> tuple:
+    def generator_loss_and_sample_backward(self, grad_loss: Tensor, hidden: Tensor, weight: Tensor,
+                                           bias: Optional[Tensor], targets: Tensor, stats: Tensor, ignore_index: int,
+                                           reduction: str) -> tuple:
         """Gradients of the head's loss for upstream grad_loss (0-dim, or [N] for "none"), recomputing the
         logits: (grad_hidden [N, H], grad_weight [V, H], grad_bias [V] | None)."""
 
@@ -40,7 +41,7 @@ class Backend(Protocol):
         """Loss (None without targets), sampled [N], predicted [N] and stats [N, 2] of logits [N, V]."""
 
     def sample_logits_backward(self, grad_loss: Tensor, logits: Tensor, targets: Tensor, stats: Tensor,
-                        ignore_index: int, reduction: str) -> Tensor:
+                               ignore_index: int, reduction: str) -> Tensor:
         """d loss / d logits [N, V] = (softmax - onehot(target)) * the row's share of grad_loss; 0 on ignored
         rows."""
 

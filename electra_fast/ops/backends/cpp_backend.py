@@ -18,8 +18,8 @@ import torch
 
 from ... import _C
 from .. import settings
-from ..reference import CHUNK, compute_dtype, reduce_rows, row_scale
 from ..kernel_args import require
+from ..reference import CHUNK, compute_dtype, reduce_rows, row_scale
 
 GRADS_IN_FORWARD = True  # in blocks of BLOCK_ROWS rows: three GEMMs instead of four
 
@@ -159,8 +159,8 @@ def _backward_tile(g, v0, targets, ignore_index, stats, scale):
                           _ptr("scale", scale, torch.float32, (n,)), _threads())
 
 
-def generator_loss_and_sample(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction,
-                 grads):
+def generator_loss_and_sample(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index,
+                              reduction, grads):
     h, w, b = _f32(hidden), _f32(weight), _f32(bias)
     targets = targets.contiguous()
     n, vocab = h.shape[0], w.shape[0]
@@ -270,8 +270,9 @@ def rtd_loss(logits, is_replaced, attention_mask, reduction):
     weights = torch.ones_like(x) if attention_mask is None else attention_mask.to(torch.float32).contiguous()
     per_token, grad = torch.empty_like(x), torch.empty_like(x)
     f32, shape = torch.float32, x.shape
-    _C.rtd_loss_forward(_ptr("logits", x, f32), _ptr("labels", labels, f32, shape), _ptr("weights", weights, f32, shape),
-                        x.numel(), _ptr("per_token", per_token, f32, shape), _ptr("grad", grad, f32, shape), _threads())
+    _C.rtd_loss_forward(_ptr("logits", x, f32), _ptr("labels", labels, f32, shape),
+                        _ptr("weights", weights, f32, shape), x.numel(), _ptr("per_token", per_token, f32, shape),
+                        _ptr("grad", grad, f32, shape), _threads())
     dtype = compute_dtype(logits)
     loss = reduce_rows(per_token.to(dtype), weights != 0, reduction)
     if reduction == "mean":

@@ -10,8 +10,8 @@ from ..reference import compute_dtype
 GRADS_IN_FORWARD = False  # the definition: gradients by recomputation in the backward
 
 
-def generator_loss_and_sample(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction,
-                 grads):
+def generator_loss_and_sample(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index,
+                              reduction, grads):
     logits = reference.head_logits(hidden, weight, bias)
     loss, sampled, predicted, stats = sample_logits(logits, targets, seed, temperature, disallow_correct,
                                                      ignore_index, reduction)

@@ -8,12 +8,15 @@ import functools
 
 import torch
 
-from .. import settings
 # The kernel modules bear the ops' names, as this module's functions do: imported under the kernel's role.
-from ...kernels import generator_loss_and_sample as head_kernel, replace as replace_kernel, rtd_loss as rtd_kernel
-from ...kernels import sample_logits as logits_kernel, sampler
-from ..reference import compute_dtype, reduce_rows, row_scale
+from ...kernels import generator_loss_and_sample as head_kernel
+from ...kernels import replace as replace_kernel
+from ...kernels import rtd_loss as rtd_kernel
+from ...kernels import sample_logits as logits_kernel
+from ...kernels import sampler
+from .. import settings
 from ..kernel_args import KERNEL_FLOATS
+from ..reference import compute_dtype, reduce_rows, row_scale
 
 GRADS_IN_FORWARD = True  # the head's forward writes the gradient tiles while each logits chunk is at hand
 _INTERPRET = settings.TRITON_INTERPRET
@@ -69,8 +72,8 @@ def _unit_row_scale(targets, ignore_index, reduction):
 
 
 @_on_inputs_device
-def generator_loss_and_sample(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index, reduction,
-                 grads):
+def generator_loss_and_sample(hidden, weight, bias, targets, seed, temperature, disallow_correct, ignore_index,
+                              reduction, grads):
     h, w, b, t = _head_inputs(hidden, weight, bias, targets)
     stats, row_loss, predicted, sampled, dh, dw, db = head_kernel.forward(
         h, w, b, t, _seed_on(seed, h.device), _unit_row_scale(t, ignore_index, reduction),
