@@ -5,6 +5,7 @@ command resumes, in the format of the checkpoints written before the function ex
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -177,3 +178,23 @@ def test_an_interruption_while_the_corpus_is_prepared_is_named_and_propagates(tm
         electra_fast.pretrain(PretrainConfig(corpus=[corpus], out=str(tmp_path / "run"), steps=2, **TINY))
     assert f"interrupted; the latest checkpoint in {tmp_path / 'run'} is none yet (continue with --resume" in \
         capsys.readouterr().err
+
+
+def test_data_and_a_checkpoint_written_before_the_function_existed_resume_bit_for_bit(tmp_path, one_thread):
+    """written_before/: `prepare` and 2 steps of `pretrain --data` as the code before this API wrote them (its
+    README). The function continues that run to step 3; its weights and log are those of 3 uninterrupted steps of
+    today's code on the same data."""
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "written_before"), tmp_path / "before")
+    same = dict(data=str(tmp_path / "before" / "data"), steps=3, seq_len=24, batch_size=2, valid_sequences=4,
+                num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, embedding_size=16)
+    resumed = electra_fast.pretrain(PretrainConfig(out=str(tmp_path / "before" / "run"), resume=True, **same))
+    fresh = electra_fast.pretrain(PretrainConfig(out=str(tmp_path / "fresh"), **same))
+    assert resumed.steps == fresh.steps == 3 and resumed.checkpoint.endswith("step-00000003")
+    from safetensors.torch import load_file
+
+    before, now = (load_file(os.path.join(r.checkpoint, checkpoint.WEIGHTS)) for r in (resumed, fresh))
+    assert before.keys() == now.keys() and all(torch.equal(before[k], now[k]) for k in now)
+    # the same training lines; the run of 2 steps validated at its last step, as every run does
+    resumed_log, fresh_log = (_without_speed(_log(run)) for run in (tmp_path / "before" / "run", tmp_path / "fresh"))
+    assert _same([_training(r) for r in resumed_log], [_training(r) for r in fresh_log])
+    assert _same(resumed_log[-1], fresh_log[-1]) and "valid_loss" in resumed_log[1]
