@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.config import CorpusOptions
-from ..errors import BadInput, at_least, check_ranges, finite_above, finite_at_least, within
+from ..errors import BadInput, at_least, check_ranges, finite_above, finite_at_least, flag, within
 from ..hf.encoders import EMBEDDING_SHARING, FAMILIES, GENERATOR_SIZING
 from ..models import PRESETS
 from ..ops.masking import MASKING_SPLITS
@@ -136,7 +136,7 @@ class PretrainConfig(CorpusOptions, _DataOption):
         if not self.discriminator:
             for name in ("generator", "generator_sizing"):
                 if getattr(self, name) is not None:
-                    raise BadInput(f"--{name.replace('_', '-')} needs --discriminator (the built-in ELECTRA pair comes "
+                    raise BadInput(f"{flag(name)} needs --discriminator (the built-in ELECTRA pair comes "
                                    "from --preset)", field=name)
             if self.embedding_sharing == "gdes":
                 raise BadInput("--embedding-sharing gdes needs --discriminator (Hugging Face models); the built-in "
@@ -147,7 +147,7 @@ class PretrainConfig(CorpusOptions, _DataOption):
             for name, value in rtd_only.items():
                 if value is not None:
                     raise BadInput(f"--objective mlm trains one encoder (the built-in one, or --discriminator's "
-                                   f"family): --{name.replace('_', '-')} is for the RTD objectives", field=name)
+                                   f"family): {flag(name)} is for the RTD objectives", field=name)
         tensorboard_events.check_available(self.tensorboard, BadInput)
         if self.data and self.corpus:
             raise BadInput("--data and --corpus: give one of them (--data is a corpus already prepared)",
